@@ -1,0 +1,264 @@
+"""Typed configs. The CLI (tyro) and YAML/JSON config files are generated from these dataclasses.
+
+``SAEConfig`` is assembled from the common fields below plus every registered architecture's
+``Params`` dataclass, so a new architecture brings its hyperparameters with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dacite
+import yaml
+
+from saekit.errors import SaekitError
+from saekit.sae import architecture_class, architectures
+
+
+@dataclass
+class CommonSAEFields:
+    architecture: str = "topk"
+    """Architecture name: one of the registered ones (relu, gated, topk, ...)."""
+    d_in: int = 0
+    """Width of the activations; 0 takes it from the data."""
+    n_latents: int = 0
+    """Number of dictionary atoms (latents); 0 means expansion_factor * d_in."""
+    expansion_factor: int = 8
+    """Used when n_latents is 0."""
+    input_scale: float = 1.0
+    """Inputs are multiplied by this inside the SAE; the trainer sets it so that E|x|^2 = d_in."""
+
+
+def _merge_params() -> type:
+    bases: list[type] = []
+    seen: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(CommonSAEFields)}
+    for name, cls in sorted(architectures().items()):
+        if cls.Params in bases:
+            continue
+        for f in dataclasses.fields(cls.Params):
+            other = seen.get(f.name)
+            if other is not None and (other.default != f.default or other.type != f.type):
+                raise TypeError(f"architecture {name}: field {f.name} clashes with another architecture's")
+            seen[f.name] = f
+        bases.append(cls.Params)
+    return type("SAEConfigBase", (*reversed(bases), CommonSAEFields), {})
+
+
+@dataclass
+class SAEConfig(_merge_params()):  # type: ignore[misc]
+    """Hyperparameters of one SAE: the common fields and every architecture's own."""
+
+    def arch_fields(self) -> list[str]:
+        common = [f.name for f in dataclasses.fields(CommonSAEFields)]
+        own = [f.name for f in dataclasses.fields(architecture_class(self.architecture).Params)]
+        return common + [n for n in own if n not in common]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The architecture's own fields only; round-trips through ``from_dict``."""
+        return {name: getattr(self, name) for name in self.arch_fields()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SAEConfig":
+        return from_dict(cls, data, "sae")
+
+    def resolved(self, d_in: int) -> "SAEConfig":
+        """Fill d_in / n_latents from the data, refusing a mismatch."""
+        if self.d_in not in (0, d_in):
+            raise SaekitError(f"sae.d_in={self.d_in} does not match the data's width {d_in}")
+        n = self.n_latents or self.expansion_factor * d_in
+        out = dataclasses.replace(self, d_in=d_in, n_latents=n)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        cls = architecture_class(self.architecture)
+        if self.d_in <= 0 or self.n_latents <= 0:
+            raise SaekitError("sae.d_in and sae.n_latents must be positive")
+        if not (self.input_scale > 0 and math.isfinite(self.input_scale)):
+            raise SaekitError(f"sae.input_scale must be a positive finite number, got {self.input_scale}")
+        cls.validate(self)
+
+
+@dataclass
+class SyntheticConfig:
+    generator: Literal["oneill", "powerlaw"] = "oneill"
+    """oneill: K atoms chosen uniformly per sample (O'Neill et al.); powerlaw: power-law frequencies, correlated."""
+    n_features: int = 64
+    """N, the number of true atoms."""
+    d: int = 32
+    """M, the dimension of the samples."""
+    k: int = 3
+    """K, active atoms per sample (oneill: exactly; powerlaw: in expectation)."""
+    n_samples: int = 0
+    """Size of a fixed training set cycled in epochs; 0 draws fresh samples for every batch."""
+    seed: int = 0
+    """Seed of the true dictionary and of the samples."""
+    powerlaw_exponent: float = 1.0
+    """powerlaw: feature i fires with probability proportional to (i+1)^-exponent."""
+    correlation: float = 0.5
+    """powerlaw: correlation of the latent Gaussians that decide which features co-fire (within groups)."""
+    group_size: int = 4
+    """powerlaw: features are correlated within consecutive groups of this size."""
+
+
+@dataclass
+class LMConfig:
+    model: str = "smollm2-135m"
+    """Hugging Face id, local folder, .gguf file, or the built-in default 'smollm2-135m'."""
+    hookpoint: str = "resid_post.9"
+    """Where to read activations: resid_post.L, mlp_out.L or attn_out.L."""
+    corpus: str = "shakespeare"
+    """Text: a local .txt/.jsonl/.parquet file or folder, a Hugging Face dataset name, or 'shakespeare'."""
+    text_column: str = "text"
+    """Column holding the text in jsonl/parquet/HF datasets."""
+    context_length: int = 128
+    """Tokens per packed context."""
+    eval_fraction: float = 0.05
+    """Share of the corpus held out for evaluation."""
+    with_grads: bool = False
+    """Also harvest the gradient of the next-token cross-entropy w.r.t. the activations."""
+    model_batch_contexts: int = 16
+    """Contexts per model forward while harvesting."""
+    shuffle_buffer_tokens: int = 65536
+    """Tokens held in the shuffling buffer when training on the fly."""
+    device: str = "cpu"
+    """Device for the language model."""
+    dtype: str = "float32"
+    """Model dtype (float32 on CPU; bfloat16/float16 on GPU)."""
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "store", "lm"] = "synthetic"
+    """Where activations come from: a synthetic generator, an on-disk store, or a language model on the fly."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Synthetic ground truth settings (source=synthetic)."""
+    store: str = ""
+    """Path of an activation store written by `saekit cache` (source=store)."""
+    lm: LMConfig = field(default_factory=LMConfig)
+    """Language-model settings (source=lm, and for `saekit cache`)."""
+
+
+@dataclass
+class TrainConfig:
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    """The SAE to train."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The activation source."""
+    steps: int = 2000
+    """Optimiser steps."""
+    batch_size: int = 4096
+    """Tokens (activation vectors) per step."""
+    lr: float = 3e-4
+    """Peak Adam learning rate."""
+    adam_beta1: float | None = None
+    """Adam beta1; None uses the architecture's default (0 for gated, 0.9 otherwise)."""
+    adam_beta2: float | None = None
+    """Adam beta2; None uses the architecture's default (0.999)."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up from 0."""
+    decay_fraction: float = 0.2
+    """The learning rate decays linearly to 0 over this final share of the steps."""
+    sparsity_warmup_fraction: float = 0.05
+    """The sparsity coefficient rises linearly from 0 over this first share of the steps (L1 architectures)."""
+    resample_every: int = 0
+    """Resample dead latents every this many steps (L1 architectures); 0 never resamples."""
+    resample_until_fraction: float = 0.5
+    """No resampling after this share of the steps."""
+    resample_warmup_steps: int = 100
+    """After a resampling the learning rate warms up again over this many steps (as in the Gated SAE paper)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    normalize_activations: bool = True
+    """Scale inputs by a constant (estimated on a sample) so that E|x|^2 = d_in; stored as sae.input_scale."""
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
+    """Initial decoder bias, computed on a sample of the data."""
+    init_samples: int = 4096
+    """Samples used for the b_dec initialisation and the input scale."""
+    dead_window_tokens: int = 1_000_000
+    """A latent that has not fired in this many tokens counts as dead in the logs."""
+    log_every: int = 10
+    """Append metrics to metrics.jsonl every this many steps."""
+    ckpt_every: int = 200
+    """Write a resumable checkpoint every this many steps (and at the end); 0 only at the end."""
+    out_dir: str = "runs/sae"
+    """Output folder: sae/ (final weights), checkpoints/, metrics.jsonl, config.yaml."""
+    seed: int = 0
+    """Seed for initialisation and every random choice in training."""
+    device: str = "cpu"
+    """Device for the SAE."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def validate(self) -> None:
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "init_samples": self.init_samples,
+                    "log_every": self.log_every}
+        for name, value in positive.items():
+            if value <= 0:
+                raise SaekitError(f"{name} must be positive, got {value}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise SaekitError(f"lr must be a positive number, got {self.lr}")
+        for name in ("decay_fraction", "sparsity_warmup_fraction", "resample_until_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise SaekitError(f"{name} must lie in [0, 1], got {v}")
+        for name in ("warmup_steps", "resample_every", "resample_warmup_steps", "ckpt_every"):
+            if getattr(self, name) < 0:
+                raise SaekitError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("adam_beta1", "adam_beta2"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v < 1.0:
+                raise SaekitError(f"{name} must lie in [0, 1), got {v}")
+        if self.grad_clip < 0:
+            raise SaekitError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        architecture_class(self.sae.architecture)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["sae"] = self.sae.to_dict()
+        return out
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Strict dict -> dataclass: unknown fields and wrong types are one-line SaekitErrors."""
+    if not isinstance(data, dict):
+        raise SaekitError(f"{where}: expected a mapping, got {type(data).__name__}")
+    try:
+        return dacite.from_dict(cls, data, config=dacite.Config(strict=True, cast=[tuple],
+                                                                type_hooks={float: _to_float}))
+    except dacite.UnexpectedDataError as e:
+        raise SaekitError(f"{where}: unknown field(s) {', '.join(sorted(e.keys))}") from None
+    except dacite.WrongTypeError as e:
+        raise SaekitError(f"{where}: field {e.field_path!r} should be {_type_name(e.field_type)}, "
+                          f"got {e.value!r}") from None
+    except dacite.DaciteError as e:
+        raise SaekitError(f"{where}: {e}") from None
+
+
+def _to_float(value: Any) -> Any:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read a YAML or JSON training config (JSON is YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SaekitError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SaekitError(f"config file {path} is not valid YAML/JSON: {str(e).splitlines()[0]}") from None
+    cfg = from_dict(TrainConfig, data, str(path))
+    return cfg
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

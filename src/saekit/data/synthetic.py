@@ -1,0 +1,126 @@
+"""Synthetic ground truth with known atoms and codes.
+
+``oneill``: the generator of O'Neill, Gumran & Klindt (2024): N true atoms in R^M, i.i.d. Gaussian
+then unit norm; every sample has exactly K atoms chosen uniformly, magnitudes |N(0,1)|;
+x = Σ s_i d_i, no noise.
+
+``powerlaw``: feature i fires with probability p_i ∝ (i+1)^-α (scaled so E[#active] = K), and
+which features co-fire is correlated through a Gaussian copula: latent Gaussians correlated with
+coefficient ρ within consecutive groups; feature i is on when its Gaussian exceeds Φ⁻¹(1 − p_i).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saekit.config import SyntheticConfig
+from saekit.data.source import Batch
+from saekit.errors import SaekitError
+
+
+def mix_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (Python's hash() of strings varies between processes)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = ((h ^ (p & 0xFFFF_FFFF_FFFF_FFFF)) * 0x100000001B3) & 0xFFFF_FFFF_FFFF_FFFF
+    return h & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class GroundTruth:
+    """A synthetic problem: the true dictionary and a sampler of (x, codes)."""
+
+    def __init__(self, cfg: SyntheticConfig) -> None:
+        if cfg.n_features <= 0 or cfg.d <= 0 or cfg.k <= 0:
+            raise SaekitError("synthetic n_features, d and k must be positive")
+        if cfg.generator == "oneill" and cfg.k > cfg.n_features:
+            raise SaekitError(f"synthetic k={cfg.k} exceeds n_features={cfg.n_features}")
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(cfg.seed)
+        atoms = torch.randn(cfg.n_features, cfg.d, generator=gen)
+        self.dictionary = atoms / atoms.norm(dim=1, keepdim=True)
+        if cfg.generator == "powerlaw":
+            freq = (torch.arange(cfg.n_features, dtype=torch.float64) + 1) ** -cfg.powerlaw_exponent
+            self.probabilities = (freq * cfg.k / freq.sum()).clamp(max=1.0)
+            normal = torch.distributions.Normal(0.0, 1.0)
+            self.thresholds = normal.icdf((1 - self.probabilities).clamp(1e-12, 1 - 1e-12)).float()
+            if not 0.0 <= cfg.correlation < 1.0:
+                raise SaekitError(f"synthetic correlation must lie in [0, 1), got {cfg.correlation}")
+
+    @property
+    def d(self) -> int:
+        return self.cfg.d
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n samples: (x [n, M], codes [n, N])."""
+        if self.cfg.generator == "oneill":
+            active = self._uniform_support(n, generator)
+        else:
+            active = self._correlated_support(n, generator)
+        magnitudes = torch.randn(n, self.cfg.n_features, generator=generator).abs()
+        codes = magnitudes * active
+        return codes @ self.dictionary, codes
+
+    def _uniform_support(self, n: int, generator: torch.Generator) -> Tensor:
+        scores = torch.rand(n, self.cfg.n_features, generator=generator)
+        idx = scores.topk(self.cfg.k, dim=1).indices  # a uniformly random K-subset per row
+        return torch.zeros(n, self.cfg.n_features).scatter_(1, idx, 1.0)
+
+    def _correlated_support(self, n: int, generator: torch.Generator) -> Tensor:
+        N, g, rho = self.cfg.n_features, max(1, self.cfg.group_size), self.cfg.correlation
+        n_groups = math.ceil(N / g)
+        shared = torch.randn(n, n_groups, generator=generator).repeat_interleave(g, dim=1)[:, :N]
+        own = torch.randn(n, N, generator=generator)
+        latent = math.sqrt(rho) * shared + math.sqrt(1 - rho) * own  # unit variance, corr ρ within a group
+        return (latent > self.thresholds).float()
+
+
+class SyntheticSource:
+    """Synthetic activations as a resumable source (codes kept for recovery metrics)."""
+
+    has_grads = False
+
+    def __init__(self, cfg: SyntheticConfig) -> None:
+        self.cfg = cfg
+        self.truth = GroundTruth(cfg)
+        self.d_in = cfg.d
+        self._fixed: tuple[Tensor, Tensor] | None = None
+        if cfg.n_samples > 0:
+            self._fixed = self.truth.sample(cfg.n_samples, torch.Generator().manual_seed(cfg.seed + 1))
+
+    @property
+    def train_set(self) -> tuple[Tensor, Tensor] | None:
+        return self._fixed
+
+    def eval_set(self, n: int) -> tuple[Tensor, Tensor]:
+        """Held-out samples from the same distribution (never seen in training)."""
+        return self.truth.sample(n, torch.Generator().manual_seed(self.cfg.seed + 2))
+
+    def sample(self, n: int) -> Tensor:
+        if self._fixed is not None:
+            return self._fixed[0][:n]
+        return self.truth.sample(n, torch.Generator().manual_seed(self.cfg.seed + 3))[0]
+
+    def batches(self, batch_size: int, position: dict[str, Any] | None = None) -> Iterator[tuple[Batch, dict[str, Any]]]:
+        index = int((position or {}).get("batch", 0))
+        while True:
+            yield Batch(self._batch(index, batch_size)), {"batch": index + 1}
+            index += 1
+
+    def _batch(self, index: int, batch_size: int) -> Tensor:
+        if self._fixed is None:  # fresh samples, a function of (seed, batch index) alone
+            gen = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 1, index))
+            return self.truth.sample(batch_size, gen)[0]
+        n = self._fixed[0].shape[0]
+        start = index * batch_size
+        rows = [self._epoch_order(e)[max(start, e * n) - e * n:min(start + batch_size, (e + 1) * n) - e * n]
+                for e in range(start // n, (start + batch_size - 1) // n + 1)]
+        return self._fixed[0][torch.cat(rows)]
+
+    def _epoch_order(self, epoch: int) -> Tensor:
+        gen = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 2, epoch))
+        return torch.randperm(self._fixed[0].shape[0], generator=gen)  # type: ignore[index]

@@ -1,0 +1,1 @@
+"""Encoder families. Every module here registers one architecture; they are discovered automatically."""

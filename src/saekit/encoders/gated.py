@@ -1,0 +1,77 @@
+"""Gated SAE (Rajamanoharan et al. 2024): a gate decides which latents fire, a tied magnitude path how much.
+
+π_gate = W_gate x' + b_gate, π_mag = exp(r_mag) ⊙ (W_gate x') + b_mag, x' = x − b_dec,
+f̃ = 1[π_gate > 0] ⊙ ReLU(π_mag). Loss: ‖x − x̂(f̃)‖² + λ‖ReLU(π_gate)‖₁ + ‖x − x̂_frozen(ReLU(π_gate))‖²,
+where x̂_frozen uses stop-gradient copies of W_dec and b_dec.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from saekit import losses
+from saekit.encoders.relu import L1Params, ReluSAE
+from saekit.sae import LossOutput, SparseAutoencoder, register
+
+
+@register
+class GatedSAE(SparseAutoencoder):
+    architecture = "gated"
+    Params = L1Params
+    adam_betas = (0.0, 0.999)
+    uses_sparsity_penalty = True
+    validate = ReluSAE.validate
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        n, d = cfg.n_latents, cfg.d_in
+        self.W_gate = nn.Parameter(torch.zeros(n, d))
+        self.b_gate = nn.Parameter(torch.zeros(n))
+        self.r_mag = nn.Parameter(torch.zeros(n))
+        self.b_mag = nn.Parameter(torch.zeros(n))
+
+    def gate_and_magnitude(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(π_gate, π_mag) for scaled inputs; both paths share one matmul."""
+        projected = (x - self.dictionary.b_dec) @ self.W_gate.T
+        return projected + self.b_gate, projected * self.r_mag.exp() + self.b_mag
+
+    def encode_scaled(self, x: Tensor, grad: Tensor | None = None) -> Tensor:
+        pi_gate, pi_mag = self.gate_and_magnitude(x)
+        return (pi_gate > 0).to(x.dtype) * pi_mag.relu()
+
+    def jumprelu_threshold(self) -> Tensor:
+        """θ = b_mag − exp(r_mag) ⊙ b_gate: at inference the Gated SAE is a JumpReLU with this threshold."""
+        return self.b_mag - self.r_mag.exp() * self.b_gate
+
+    def encode_jumprelu(self, x: Tensor) -> Tensor:
+        """The same codes computed as JumpReLU_θ(π_mag) = ReLU(π_mag) ⊙ 1[π_mag > θ] (model-unit x)."""
+        _, pi_mag = self.gate_and_magnitude(x * self.cfg.input_scale)
+        return pi_mag.relu() * (pi_mag > self.jumprelu_threshold()).to(x.dtype)
+
+    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None,
+             grad: Tensor | None = None) -> LossOutput:
+        x = x * self.cfg.input_scale
+        pi_gate, pi_mag = self.gate_and_magnitude(x)
+        f = (pi_gate > 0).to(x.dtype) * pi_mag.relu()
+        x_hat = self.dictionary.decode(f)
+        mse = losses.squared_error(x, x_hat)
+        gate_act = pi_gate.relu()
+        sparsity = losses.l1(gate_act)
+        x_hat_frozen = gate_act @ self.dictionary.W_dec.detach() + self.dictionary.b_dec.detach()
+        aux = losses.squared_error(x, x_hat_frozen)
+        loss = mse + sparsity_scale * self.cfg.l1_coeff * sparsity + aux
+        return LossOutput(loss, {"mse": mse, "l1": sparsity, "aux": aux}, f, x_hat)
+
+    def encoder_weight(self) -> Tensor:
+        return self.W_gate
+
+    @torch.no_grad()
+    def reinit_latents(self, idx: Tensor, directions: Tensor, encoder_norm: float) -> None:
+        self.dictionary.W_dec[idx] = directions
+        self.W_gate[idx] = directions * encoder_norm
+        for p in (self.b_gate, self.r_mag, self.b_mag):
+            p[idx] = 0.0
+
+    def latent_parameters(self) -> list[tuple[nn.Parameter, int]]:
+        return [(self.W_gate, 0), (self.b_gate, 0), (self.r_mag, 0), (self.b_mag, 0), (self.dictionary.W_dec, 0)]

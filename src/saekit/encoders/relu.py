@@ -1,0 +1,73 @@
+"""Standard SAE: f = ReLU(W_enc (x − b_dec) + b_enc), loss ‖x − x̂‖² + λ Σ_i f_i ‖d_i‖."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saekit import losses
+from saekit.errors import SaekitError
+from saekit.sae import LossOutput, SparseAutoencoder, register
+
+
+@dataclass
+class L1Params:
+    l1_coeff: float = 5.0
+    """λ, the sparsity coefficient (with inputs normalised to E|x|^2 = d_in)."""
+
+
+class LinearEncoderMixin:
+    """An affine encoder W_enc [n_latents, d_in], b_enc [n_latents] applied to x − b_dec."""
+
+    W_enc: nn.Parameter
+    b_enc: nn.Parameter
+
+    def _init_linear_encoder(self, n_latents: int, d_in: int) -> None:
+        self.W_enc = nn.Parameter(torch.zeros(n_latents, d_in))
+        self.b_enc = nn.Parameter(torch.zeros(n_latents))
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        return (x - self.dictionary.b_dec) @ self.W_enc.T + self.b_enc  # type: ignore[attr-defined]
+
+    def encoder_weight(self) -> Tensor:
+        return self.W_enc
+
+    @torch.no_grad()
+    def reinit_latents(self, idx: Tensor, directions: Tensor, encoder_norm: float) -> None:
+        self.dictionary.W_dec[idx] = directions  # type: ignore[attr-defined]
+        self.W_enc[idx] = directions * encoder_norm
+        self.b_enc[idx] = 0.0
+
+    def latent_parameters(self) -> list[tuple[nn.Parameter, int]]:
+        return [(self.W_enc, 0), (self.b_enc, 0), (self.dictionary.W_dec, 0)]  # type: ignore[attr-defined]
+
+
+@register
+class ReluSAE(LinearEncoderMixin, SparseAutoencoder):
+    architecture = "relu"
+    Params = L1Params
+    uses_sparsity_penalty = True
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self._init_linear_encoder(cfg.n_latents, cfg.d_in)
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        if not cfg.l1_coeff >= 0:
+            raise SaekitError(f"sae.l1_coeff must be >= 0, got {cfg.l1_coeff}")
+
+    def encode_scaled(self, x: Tensor, grad: Tensor | None = None) -> Tensor:
+        return self.pre_activations(x).relu()
+
+    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None,
+             grad: Tensor | None = None) -> LossOutput:
+        x = x * self.cfg.input_scale
+        f = self.encode_scaled(x)
+        x_hat = self.dictionary.decode(f)
+        mse = losses.squared_error(x, x_hat)
+        sparsity = losses.weighted_l1(f, self.dictionary.atom_norms())
+        loss = mse + sparsity_scale * self.cfg.l1_coeff * sparsity
+        return LossOutput(loss, {"mse": mse, "l1": sparsity}, f, x_hat)

@@ -1,0 +1,200 @@
+"""SparseAutoencoder = an encoder family + the shared Dictionary; the architecture registry; save / load.
+
+Adding an architecture means adding one module under ``saekit/encoders/`` that subclasses
+``SparseAutoencoder`` and decorates it with ``@register``; its ``Params`` dataclass holds its
+hyperparameters, which become fields of ``SAEConfig`` automatically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from saekit.dictionary import Dictionary
+from saekit.errors import SaekitError
+from saekit.io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+
+if TYPE_CHECKING:
+    from saekit.config import SAEConfig
+
+_REGISTRY: dict[str, type["SparseAutoencoder"]] = {}
+
+
+@dataclass
+class LossOutput:
+    """A training step's loss, its named terms (for logging), the codes and the reconstruction."""
+
+    loss: Tensor
+    terms: dict[str, Tensor]
+    codes: Tensor
+    x_hat: Tensor
+
+
+@dataclass
+class NoParams:
+    """An architecture without hyperparameters of its own."""
+
+
+class SparseAutoencoder(nn.Module):
+    """Base class: subclasses define the encoder, ``encode`` and ``loss``.
+
+    All public methods take activations in model units; ``cfg.input_scale`` (set by the trainer
+    so that E‖x‖² = d_in) is applied inside, so codes and losses live in normalised units.
+    """
+
+    architecture: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+    adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
+    uses_sparsity_penalty: ClassVar[bool] = False  # L1-trained: λ warm-up and resampling apply
+    needs_gradients: ClassVar[bool] = False
+
+    def __init__(self, cfg: "SAEConfig") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.dictionary = Dictionary(cfg.n_latents, cfg.d_in)
+
+    # ---- to be provided by each architecture -------------------------------------------
+    def encode_scaled(self, x: Tensor, grad: Tensor | None = None) -> Tensor:
+        """Codes f for inputs already multiplied by ``cfg.input_scale``."""
+        raise NotImplementedError
+
+    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None,
+             grad: Tensor | None = None) -> LossOutput:
+        """Training objective for a batch of model-unit activations."""
+        raise NotImplementedError
+
+    def encoder_weight(self) -> Tensor:
+        """The [n_latents, d_in] matrix whose rows are each latent's encoder direction."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def reinit_latents(self, idx: Tensor, directions: Tensor, encoder_norm: float) -> None:
+        """Point dead latents ``idx`` at unit ``directions`` (resampling); zero their biases."""
+        raise NotImplementedError
+
+    def latent_parameters(self) -> list[tuple[nn.Parameter, int]]:
+        """(parameter, dim) pairs indexed by latent along ``dim``: their optimiser rows reset on resampling."""
+        raise NotImplementedError
+
+    @classmethod
+    def validate(cls, cfg: "SAEConfig") -> None:
+        """Raise SaekitError for impossible hyperparameters."""
+
+    # ---- shared behaviour ---------------------------------------------------------------
+    @property
+    def W_dec(self) -> nn.Parameter:
+        return self.dictionary.W_dec
+
+    @property
+    def b_dec(self) -> nn.Parameter:
+        return self.dictionary.b_dec
+
+    def encode(self, x: Tensor, grad: Tensor | None = None) -> Tensor:
+        """Codes for model-unit activations x (and, for gradient-aware encoders, the LM gradient)."""
+        self._check_input(x)
+        if grad is not None:
+            grad = grad / self.cfg.input_scale  # ∂L/∂(s·x) = (∂L/∂x) / s
+        return self.encode_scaled(x * self.cfg.input_scale, grad)
+
+    def decode(self, f: Tensor) -> Tensor:
+        """Reconstruction in model units."""
+        return self.dictionary.decode(f) / self.cfg.input_scale
+
+    def forward(self, x: Tensor, grad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        f = self.encode(x, grad)
+        return self.decode(f), f
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.shape[-1] != self.cfg.d_in:
+            raise SaekitError(f"activations have width {x.shape[-1]} but the SAE expects d_in={self.cfg.d_in}")
+
+    @torch.no_grad()
+    def init_encoder_from_decoder(self) -> None:
+        """Tied initialisation: each latent's encoder row starts as its atom (biases zero)."""
+        self.reinit_latents(torch.arange(self.cfg.n_latents), self.W_dec.detach().clone(), 1.0)
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``model.safetensors`` and ``cfg.json`` (architecture + every hyperparameter), atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_save_tensors(directory / "model.safetensors", dict(self.state_dict()),
+                            metadata={"architecture": self.architecture})
+        atomic_write_json(directory / "cfg.json", self.cfg.to_dict())
+
+
+def register(cls: type[SparseAutoencoder]) -> type[SparseAutoencoder]:
+    """Class decorator: make an architecture selectable by its ``architecture`` name."""
+    name = cls.architecture
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"architecture {name!r} registered twice")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _discover() -> None:
+    import saekit.encoders as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"saekit.encoders.{mod.name}")
+
+
+def architectures() -> dict[str, type[SparseAutoencoder]]:
+    """All registered architectures, by name."""
+    if not _REGISTRY:
+        _discover()
+    return dict(_REGISTRY)
+
+
+def available_architectures() -> list[str]:
+    return sorted(architectures())
+
+
+def architecture_class(name: str) -> type[SparseAutoencoder]:
+    archs = architectures()
+    if name not in archs:
+        raise SaekitError(f"unknown architecture {name!r}; choose one of {', '.join(sorted(archs))}")
+    return archs[name]
+
+
+def build_sae(cfg: "SAEConfig", seed: int = 0) -> SparseAutoencoder:
+    """A freshly initialised SAE: random unit-norm atoms, tied encoder, zero biases."""
+    cfg.validate()
+    cls = architecture_class(cfg.architecture)
+    sae = cls(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    sae.dictionary.reset_random(gen)
+    sae.init_encoder_from_decoder()
+    return sae
+
+
+def load(directory: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
+    """Rebuild an SAE saved by ``save`` (never unpickles)."""
+    from saekit.config import SAEConfig
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SaekitError(f"no SAE folder at {directory}")
+    cfg = SAEConfig.from_dict(read_json(directory / "cfg.json"))
+    sae = architecture_class(cfg.architecture)(cfg)
+    state = load_tensors(directory / "model.safetensors")
+    expected = dict(sae.state_dict())
+    if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+        raise SaekitError(f"{directory}/model.safetensors does not match cfg.json ({cfg.architecture}, "
+                          f"d_in={cfg.d_in}, n_latents={cfg.n_latents})")
+    sae.load_state_dict(state)
+    return sae.to(device)
+
+
+def params_fields(cls: type[SparseAutoencoder]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls.Params)]
+
+
+def to_jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
