@@ -1,0 +1,53 @@
+"""The `saekit` command. Each subcommand lives in its own module and parses its own typed config
+with tyro; this file only names them. Any SaekitError becomes one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from saekit.errors import SaekitError
+
+# name -> (one-line summary, "module:function"); the function takes the remaining argv.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("Train an SAE (config file and/or flags; --resume continues a run)", "saekit.train.command:main"),
+    "eval": ("Evaluate a saved SAE on held-out data; prints a table and writes JSON", "saekit.eval.command:main"),
+    "info": ("Show a saved SAE's config and weights summary", "saekit.info:main"),
+    "demo": ("The end-to-end demo run by `make demo`", "saekit.demo:main"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: saekit COMMAND [options]   (saekit COMMAND --help for every option)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (summary, _) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _resolve(target: str) -> Callable[[list[str]], None]:
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"saekit: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        _resolve(COMMANDS[name][1])(rest)
+    except SaekitError as e:
+        print(f"saekit: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("saekit: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction metrics, ground-truth recovery, downstream splicing, steering."""
