@@ -87,6 +87,10 @@ class SparseAutoencoder(nn.Module):
     def validate(cls, cfg: "SAEConfig") -> None:
         """Raise SaekitError for impossible hyperparameters."""
 
+    def keeps_unit_norm(self) -> bool:
+        """Whether training projects atoms to unit norm (and drops the parallel gradient)."""
+        return True
+
     # ---- shared behaviour ---------------------------------------------------------------
     @property
     def W_dec(self) -> nn.Parameter:

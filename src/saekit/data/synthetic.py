@@ -84,12 +84,15 @@ class SyntheticSource:
 
     has_grads = False
 
-    def __init__(self, cfg: SyntheticConfig) -> None:
+    def __init__(self, cfg: SyntheticConfig, split: str = "train") -> None:
+        if split not in ("train", "eval"):
+            raise SaekitError(f"unknown split {split!r}")
         self.cfg = cfg
+        self.split = split
         self.truth = GroundTruth(cfg)
         self.d_in = cfg.d
         self._fixed: tuple[Tensor, Tensor] | None = None
-        if cfg.n_samples > 0:
+        if cfg.n_samples > 0 and split == "train":
             self._fixed = self.truth.sample(cfg.n_samples, torch.Generator().manual_seed(cfg.seed + 1))
 
     @property
@@ -97,8 +100,8 @@ class SyntheticSource:
         return self._fixed
 
     def eval_set(self, n: int) -> tuple[Tensor, Tensor]:
-        """Held-out samples from the same distribution (never seen in training)."""
-        return self.truth.sample(n, torch.Generator().manual_seed(self.cfg.seed + 2))
+        """Held-out samples with their true codes (never seen in training)."""
+        return self.truth.sample(n, torch.Generator().manual_seed(mix_seed(self.cfg.seed, 4)))
 
     def sample(self, n: int) -> Tensor:
         if self._fixed is not None:
@@ -113,7 +116,7 @@ class SyntheticSource:
 
     def _batch(self, index: int, batch_size: int) -> Tensor:
         if self._fixed is None:  # fresh samples, a function of (seed, batch index) alone
-            gen = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 1, index))
+            gen = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 1 if self.split == "train" else 3, index))
             return self.truth.sample(batch_size, gen)[0]
         n = self._fixed[0].shape[0]
         start = index * batch_size

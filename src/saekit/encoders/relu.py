@@ -44,10 +44,16 @@ class LinearEncoderMixin:
         return [(self.W_enc, 0), (self.b_enc, 0), (self.dictionary.W_dec, 0)]  # type: ignore[attr-defined]
 
 
+@dataclass
+class ReluParams(L1Params):
+    unit_norm_atoms: bool = False
+    """Keep atoms at unit norm (then the weighted L1 is the plain L1); False lets norms float."""
+
+
 @register
 class ReluSAE(LinearEncoderMixin, SparseAutoencoder):
     architecture = "relu"
-    Params = L1Params
+    Params = ReluParams
     uses_sparsity_penalty = True
 
     def __init__(self, cfg) -> None:
@@ -58,6 +64,9 @@ class ReluSAE(LinearEncoderMixin, SparseAutoencoder):
     def validate(cls, cfg) -> None:
         if not cfg.l1_coeff >= 0:
             raise SaekitError(f"sae.l1_coeff must be >= 0, got {cfg.l1_coeff}")
+
+    def keeps_unit_norm(self) -> bool:
+        return self.cfg.unit_norm_atoms
 
     def encode_scaled(self, x: Tensor, grad: Tensor | None = None) -> Tensor:
         return self.pre_activations(x).relu()

@@ -99,14 +99,14 @@ class ReconstructionStats:
     def density(self) -> Tensor:
         return self.fire_counts / max(self.tokens, 1)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | int]:
         n = max(self.tokens, 1)
         mean = self.sum_x / n if self.sum_x is not None else torch.zeros(1, dtype=torch.float64)
         total_var = self.sum_sq_x - n * mean.pow(2).sum().item()  # Σ‖x − x̄‖²
         density = self.density()
         fvu_value = self.sq_err / total_var if total_var > 0 else float("nan")
         return {
-            "tokens": float(self.tokens),
+            "tokens": self.tokens,
             "l0": self.sum_l0 / n,
             "mse": self.sq_err / max(self.elements, 1),
             "fvu": fvu_value,

@@ -1,0 +1,1 @@
+"""Training: schedules, initialisation, dead-latent tracking and resampling, checkpoints, the loop."""

@@ -1,0 +1,183 @@
+"""The training loop: source -> batches -> SAE loss -> Adam, with schedules, dead-latent handling,
+logging and resumable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from saekit.config import TrainConfig, dump_yaml
+from saekit.data.factory import make_source
+from saekit.data.source import ActivationSource, check_finite
+from saekit.errors import SaekitError
+from saekit.eval import metrics
+from saekit.io import atomic_write_text
+from saekit.sae import SparseAutoencoder, architecture_class, build_sae
+from saekit.train.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from saekit.train.dead_latents import DeadLatentTracker, resample_dead_latents
+from saekit.train.initialisation import geometric_median, input_scale
+from saekit.train.schedules import lr_factor, sparsity_factor
+
+
+def make_optimizer(sae: SparseAutoencoder, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam with the architecture's default betas unless the config overrides them."""
+    b1, b2 = type(sae).adam_betas
+    betas = (b1 if cfg.adam_beta1 is None else cfg.adam_beta1, b2 if cfg.adam_beta2 is None else cfg.adam_beta2)
+    return torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=betas)
+
+
+def initialise(cfg: TrainConfig, source: ActivationSource) -> SparseAutoencoder:
+    """A fresh SAE sized to the data, its input scale and b_dec set from a sample."""
+    sample = source.sample(cfg.init_samples)
+    check_finite(sample, "initialisation sample")
+    sae_cfg = cfg.sae.resolved(source.d_in)
+    if cfg.normalize_activations:
+        sae_cfg = replace(sae_cfg, input_scale=input_scale(sample))
+    sae = build_sae(sae_cfg, seed=cfg.seed)
+    scaled = sample * sae_cfg.input_scale
+    with torch.no_grad():
+        if cfg.b_dec_init == "geometric_median":
+            sae.b_dec.copy_(geometric_median(scaled))
+        elif cfg.b_dec_init == "mean":
+            sae.b_dec.copy_(scaled.mean(dim=0))
+    return sae
+
+
+class Trainer:
+    """One training run in ``cfg.out_dir``; ``run()`` trains to ``cfg.steps`` and saves ``sae/``."""
+
+    def __init__(self, cfg: TrainConfig, source: ActivationSource | None = None, resume: bool = False) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.source = source if source is not None else make_source(cfg.data, "train")
+        ckpt = latest_checkpoint(self.out)
+        if resume and ckpt is not None:
+            self.sae, self.optimizer, state = load_checkpoint(ckpt, lambda s: make_optimizer(s, cfg))
+            self.sae.to(cfg.device)
+            if self.sae.cfg.d_in != self.source.d_in:
+                raise SaekitError(f"checkpoint d_in={self.sae.cfg.d_in} does not match the data's {self.source.d_in}")
+            self.step, self.position, self.last_resample = state.step, state.position, state.last_resample_step
+            self.tracker = DeadLatentTracker(self.sae.cfg.n_latents, cfg.device)
+            self.tracker.tokens_since_fired.copy_(state.tokens_since_fired)
+            torch.set_rng_state(state.rng_state)
+            self._truncate_log(self.step)
+        else:
+            if not resume and ckpt is not None:
+                raise SaekitError(f"{self.out} already holds a run; pass --resume to continue it or choose another out_dir")
+            torch.manual_seed(cfg.seed)
+            self.sae = initialise(cfg, self.source).to(cfg.device)
+            self.optimizer = make_optimizer(self.sae, cfg)
+            self.step, self.position, self.last_resample = 0, None, None
+            self.tracker = DeadLatentTracker(self.sae.cfg.n_latents, cfg.device)
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        atomic_write_text(self.out / "config.yaml", dump_yaml(replace(cfg, sae=self.sae.cfg)))
+
+    # ------------------------------------------------------------------------------------
+    def run(self) -> SparseAutoencoder:
+        cfg, sae = self.cfg, self.sae
+        arch = architecture_class(sae.cfg.architecture)
+        stream = self.source.batches(cfg.batch_size, self.position)
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc=f"train {arch.architecture}",
+                   unit="step", dynamic_ncols=True)
+        with open(self.out / "metrics.jsonl", "a") as log:
+            while self.step < cfg.steps:
+                batch, self.position = next(stream)
+                out = self._train_step(batch)
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    row = self._log_row(batch.acts, out)
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", fvu=f"{row['fvu']:.3f}")
+                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == cfg.steps:
+                    self.checkpoint()
+        bar.close()
+        sae.save(self.out / "sae")
+        return sae
+
+    def _train_step(self, batch) -> Any:
+        cfg, sae = self.cfg, self.sae
+        x = batch.acts.to(cfg.device, torch.float32)
+        if x.ndim != 2 or x.shape[1] != sae.cfg.d_in:
+            raise SaekitError(f"batch has shape {tuple(x.shape)}, expected [batch, {sae.cfg.d_in}]")
+        check_finite(x, f"batch at step {self.step}")
+        grads = batch.grads.to(cfg.device, torch.float32) if batch.grads is not None else None
+        if sae.needs_gradients and grads is None:
+            raise SaekitError(f"{sae.cfg.architecture} needs LM gradients: use a store made with "
+                              "`saekit cache --grads` or data.lm.with_grads=true")
+        lr = cfg.lr * lr_factor(self.step, cfg, self.last_resample)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        dead_mask = self.tracker.dead(sae.cfg.dead_tokens) if hasattr(sae.cfg, "dead_tokens") else None
+        out = sae.loss(x, sparsity_scale=sparsity_factor(self.step, cfg), dead_mask=dead_mask, grad=grads)
+        if not torch.isfinite(out.loss):
+            raise SaekitError(f"loss became {out.loss.item()} at step {self.step}; try a lower lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        unit_norm = sae.keeps_unit_norm()
+        if unit_norm:
+            sae.dictionary.remove_parallel_grad_()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        if unit_norm:
+            sae.dictionary.normalize_()
+        self.tracker.update(out.codes)
+        self._maybe_resample(x, out)
+        return out
+
+    def _maybe_resample(self, x: torch.Tensor, out) -> None:
+        cfg, sae = self.cfg, self.sae
+        step = self.step + 1
+        if not (sae.uses_sparsity_penalty and cfg.resample_every and step % cfg.resample_every == 0):
+            return
+        if step > cfg.resample_until_fraction * cfg.steps or step >= cfg.steps:
+            return
+        dead = self.tracker.dead(cfg.resample_every * cfg.batch_size)
+        n = resample_dead_latents(sae, x * sae.cfg.input_scale, out.x_hat.detach(), dead, self.optimizer)
+        if n:
+            self.tracker.tokens_since_fired[dead] = 0
+            self.last_resample = step
+
+    def _log_row(self, x: torch.Tensor, out) -> dict[str, Any]:
+        scaled = x.to(self.cfg.device) * self.sae.cfg.input_scale
+        x_hat = out.x_hat.detach()
+        row = {"step": self.step, "tokens": self.step * self.cfg.batch_size, "loss": out.loss.item(),
+               "lr": self.optimizer.param_groups[0]["lr"], "l0": metrics.l0(out.codes),
+               "fvu": metrics.fvu(scaled, x_hat), "gamma": metrics.relative_reconstruction_bias(scaled, x_hat),
+               "dead_fraction": self.tracker.dead_fraction(self.cfg.dead_window_tokens)}
+        row.update({k: v.item() for k, v in out.terms.items()})
+        return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}
+
+    def checkpoint(self) -> Path:
+        state = TrainerState(self.step, self.position, self.last_resample,
+                             self.tracker.tokens_since_fired.cpu(), torch.get_rng_state())
+        return save_checkpoint(self.out, self.sae, self.optimizer, state)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log rows written after the checkpoint we resume from (they will be written again)."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                break  # a line cut by the kill: everything after it is stale too
+        atomic_write_text(path, "".join(k + "\n" for k in kept))
+
+
+def train(cfg: TrainConfig, source: ActivationSource | None = None, resume: bool = False) -> SparseAutoencoder:
+    """Train (or resume) a run and return the final SAE (also saved to ``cfg.out_dir/sae``)."""
+    return Trainer(cfg, source, resume).run()
