@@ -1,0 +1,119 @@
+"""Activations (and LM-loss gradients) at a hookpoint, for batches of packed contexts.
+
+Without gradients the forward runs under ``torch.no_grad`` and stops right after the hooked block.
+With gradients it runs in full: the activation is swapped for a leaf tensor in a hook, the
+next-token cross-entropy is summed over every predicted token of the batch, and
+``torch.autograd.grad`` gives dCE/d(activation). Contexts are independent, so the gradient at a
+token equals the gradient of its own context's summed CE. Masked tokens (BOS, special, padding)
+are dropped after the forward.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from saekit.data.hookpoints import Hookpoint, capture, run_captured
+from saekit.data.text import Context, collate
+
+
+@dataclass
+class Harvested:
+    acts: Tensor
+    """[N, d] activations of the unmasked tokens, in context order then token order."""
+    grads: Tensor | None
+    """[N, d] dCE/d(acts) when requested."""
+    n_contexts: int
+    """Contexts this came from."""
+
+
+def next_token_ce(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Cross-entropy of predicting token t+1 from position t, summed over every real target token."""
+    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100,
+                           reduction="sum")
+
+
+def activations(model: nn.Module, hp: Hookpoint, input_ids: Tensor, attention_mask: Tensor,
+                stop_early: bool = True) -> Tensor:
+    """[B, T, d] activations without gradients."""
+    return run_captured(model, hp, input_ids, attention_mask, stop_early=stop_early)
+
+
+def activations_and_grads(model: nn.Module, hp: Hookpoint, input_ids: Tensor,
+                          attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """[B, T, d] activations and dCE/d(activations) from one full forward and backward."""
+    with torch.enable_grad(), capture(hp, leaf=True) as got:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    acts = got["acts"]
+    loss = next_token_ce(logits, input_ids, attention_mask)
+    (grads,) = torch.autograd.grad(loss, acts)
+    return acts.detach(), grads
+
+
+def harvest_batch(model: nn.Module, hp: Hookpoint, ctxs: list[Context], with_grads: bool = False,
+                  stop_early: bool = True) -> Harvested:
+    """Unmasked activations (and gradients) of one model batch, as float32 rows on the CPU."""
+    device = next(model.parameters()).device
+    ids, attn, mask = collate(ctxs)
+    ids, attn = ids.to(device), attn.to(device)
+    if with_grads:
+        acts, grads = activations_and_grads(model, hp, ids, attn)
+    else:
+        acts, grads = activations(model, hp, ids, attn, stop_early=stop_early), None
+    keep = mask.to(device)
+    out_acts = acts[keep].float().cpu()
+    out_grads = grads[keep].float().cpu() if grads is not None else None
+    return Harvested(out_acts, out_grads, len(ctxs))
+
+
+def batched(ctxs: Iterable[Context], n: int) -> Iterator[list[Context]]:
+    group: list[Context] = []
+    for c in ctxs:
+        group.append(c)
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+class Throughput:
+    """Counts tokens and the time spent inside model forwards, for the progress bar and benchmarks."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.model_s = 0.0
+        self.start = time.perf_counter()
+
+    @property
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.wall_s, 1e-9)
+
+
+def harvest(model: nn.Module, hp: Hookpoint, ctxs: Iterable[Context], batch_contexts: int = 16,
+            with_grads: bool = False, stop_early: bool = True, progress: bool = True,
+            total_tokens: int | None = None, stats: Throughput | None = None) -> Iterator[Harvested]:
+    """Harvest model batch by model batch; a tqdm bar shows tokens/s (tokens actually kept)."""
+    stats = stats or Throughput()
+    bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not progress, desc=f"harvest {hp.name}")
+    try:
+        for group in batched(ctxs, batch_contexts):
+            t0 = time.perf_counter()
+            out = harvest_batch(model, hp, group, with_grads=with_grads, stop_early=stop_early)
+            stats.model_s += time.perf_counter() - t0
+            stats.tokens += out.acts.shape[0]
+            bar.update(out.acts.shape[0])
+            yield out
+    finally:
+        bar.close()

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny random Llama-style model and a word-level tokenizer built locally (no hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = ("the king queen lord lady speaks sleeps dreams of and to a in my thy night day sword crown "
+         "love death fool ghost castle storm sea moon sun").split()
+
+
+def make_text(n_lines: int = 200, seed: int = 0) -> str:
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(WORDS), (n_lines, 9), generator=gen)
+    return "\n".join(" ".join(WORDS[i] for i in row) for row in idx.tolist())
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<bos>", "<eos>", "<pad>"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<bos>",
+                                   eos_token="<eos>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(cfg).eval()
+    model.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tiny_model, tokenizer) -> Path:
+    """The tiny model and tokenizer saved as a local Hugging Face folder."""
+    d = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """A small corpus folder: two .txt files and a .jsonl file."""
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "a.txt").write_text(make_text(60, seed=1))
+    (d / "b.txt").write_text(make_text(60, seed=2))
+    import json
+
+    (d / "c.jsonl").write_text("\n".join(json.dumps({"text": make_text(3, seed=10 + i)}) for i in range(20)))
+    return d

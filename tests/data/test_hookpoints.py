@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saekit.data.harvest import activations, activations_and_grads, next_token_ce
+from saekit.data.hookpoints import find_blocks, resolve_hookpoint, run_captured
+from saekit.errors import SaekitError
+
+
+def _ids(tokenizer, n=3, T=12, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, len(tokenizer), (n, T), generator=gen)
+    ids[:, 0] = tokenizer.bos_token_id
+    return ids, torch.ones_like(ids)
+
+
+def test_resid_post_equals_hidden_states(tiny_model, tokenizer):
+    ids, attn = _ids(tokenizer)
+    hs = tiny_model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
+    # the last entry has the final norm applied in Llama, so compare every layer but the last
+    for layer in range(len(find_blocks(tiny_model)) - 1):
+        hp = resolve_hookpoint(tiny_model, f"resid_post.{layer}")
+        torch.testing.assert_close(run_captured(tiny_model, hp, ids, attn, stop_early=False), hs[layer + 1])
+
+
+@pytest.mark.parametrize("name", ["resid_post.0", "resid_post.1", "mlp_out.0", "attn_out.1"])
+def test_early_stop_matches_full_forward(tiny_model, tokenizer, name):
+    ids, attn = _ids(tokenizer, seed=1)
+    hp = resolve_hookpoint(tiny_model, name)
+    full = activations(tiny_model, hp, ids, attn, stop_early=False)
+    early = activations(tiny_model, hp, ids, attn, stop_early=True)
+    assert torch.equal(full, early)
+    assert full.shape == (3, 12, 32)
+
+
+def test_mlp_and_attn_out_add_up_to_the_residual(tiny_model, tokenizer):
+    ids, attn = _ids(tokenizer, seed=2)
+    get = lambda n: activations(tiny_model, resolve_hookpoint(tiny_model, n), ids, attn)  # noqa: E731
+    hs = tiny_model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(hs[1] + get("attn_out.1") + get("mlp_out.1"), get("resid_post.1"))
+
+
+def test_early_stop_really_stops(tiny_model, tokenizer):
+    ids, attn = _ids(tokenizer)
+    calls = []
+    h = find_blocks(tiny_model)[1].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        activations(tiny_model, resolve_hookpoint(tiny_model, "resid_post.0"), ids, attn, stop_early=True)
+    finally:
+        h.remove()
+    assert calls == []
+
+
+@pytest.mark.parametrize("name", ["resid_post.0", "mlp_out.1"])
+def test_grads_equal_autograd_of_ce(tiny_model, tokenizer, name):
+    ids, attn = _ids(tokenizer, seed=3)
+    attn[2, 9:] = 0  # some padding
+    hp = resolve_hookpoint(tiny_model, name)
+    acts, grads = activations_and_grads(tiny_model, hp, ids, attn)
+    # independent reference: perturb the activation with a zero tensor that requires grad
+    delta = torch.zeros_like(acts, requires_grad=True)
+    h = hp.module.register_forward_hook(
+        lambda m, i, o: (o[0] + delta, *o[1:]) if isinstance(o, tuple) else o + delta)
+    try:
+        with torch.enable_grad():
+            logits = tiny_model(input_ids=ids, attention_mask=attn).logits
+            targets = ids[:, 1:].masked_fill(attn[:, 1:] == 0, -100)
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                   targets.reshape(-1), reduction="sum", ignore_index=-100)
+            (ref,) = torch.autograd.grad(ce, delta)
+    finally:
+        h.remove()
+    torch.testing.assert_close(grads, ref)
+    assert grads.abs().sum() > 0
+    torch.testing.assert_close(next_token_ce(logits, ids, attn), ce)
+
+
+def test_bad_hookpoints(tiny_model):
+    for bad in ["resid_post.2", "resid_post.-1", "resid_pre.0", "mlp_out", "attn_out.x"]:
+        with pytest.raises(SaekitError, match="layer|hookpoint") as e:
+            resolve_hookpoint(tiny_model, bad)
+        assert "\n" not in str(e.value)
+    with pytest.raises(SaekitError, match="0..1"):
+        resolve_hookpoint(tiny_model, "mlp_out.7")
