@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from saekit.config import LMConfig
+from saekit.data import cache_command
+from saekit.data.cache_command import CacheConfig, cache
+from saekit.data.harvest import harvest
+from saekit.data.hookpoints import resolve_hookpoint
+from saekit.data.store import StoreSource, StoreWriter, open_store_source
+from saekit.data.text import contexts
+from saekit.errors import SaekitError
+
+
+@pytest.fixture
+def cfg(tmp_path, model_dir, corpus_dir) -> CacheConfig:
+    lm = LMConfig(model=str(model_dir), hookpoint="resid_post.0", corpus=str(corpus_dir), context_length=16,
+                  eval_fraction=0.2, model_batch_contexts=16)
+    return CacheConfig(lm=lm, out=str(tmp_path / "store"), max_tokens=0, shard_tokens=160, progress=False)
+
+
+def _manifest(path):
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_store_round_trips_exactly(cfg, tiny_model, tokenizer):
+    cfg = replace(cfg, lm=replace(cfg.lm, with_grads=True))
+    train_dir, eval_dir = cache(cfg, tiny_model, tokenizer)
+    m = _manifest(train_dir)
+    assert m["complete"] and m["has_grads"] and m["d_in"] == 32 and len(m["shards"]) > 3
+    src = open_store_source(cfg.out, "train")
+    stored = list(src.iter_all())
+    hp = resolve_hookpoint(tiny_model, "resid_post.0")
+    direct = list(harvest(tiny_model, hp, contexts(tokenizer, cfg.lm.corpus, "text", 16, "train", 0.2),
+                          16, with_grads=True, progress=False))
+    assert torch.equal(torch.cat([b.acts for b in stored]), torch.cat([h.acts for h in direct]))
+    assert torch.equal(torch.cat([b.grads for b in stored]), torch.cat([h.grads for h in direct]))
+    assert open_store_source(cfg.out, "eval").total_tokens == _manifest(eval_dir)["total_tokens"] > 0
+
+
+def test_fp16_and_max_tokens(cfg, tiny_model, tokenizer):
+    (path,) = cache(replace(cfg, split="train", fp16=True, max_tokens=100), tiny_model, tokenizer)
+    src = StoreSource(path)
+    assert src.total_tokens == 100 and src.sample(100).dtype == torch.float32
+    assert _manifest(path)["dtype"] == "float16"
+
+
+def test_interrupted_cache_resumes_to_the_same_store(cfg, tiny_model, tokenizer, monkeypatch, tmp_path):
+    full = cache(replace(cfg, split="train", out=str(tmp_path / "full")), tiny_model, tokenizer)[0]
+    calls = {"n": 0}
+    real = StoreWriter.write_shard
+
+    def flaky(self, *a, **k):
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as if killed between shards
+        calls["n"] += 1
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(StoreWriter, "write_shard", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        cache(replace(cfg, split="train"), tiny_model, tokenizer)
+    part = tmp_path / "store" / "train"
+    assert len(_manifest(part)["shards"]) == 3 and not _manifest(part)["complete"]
+    with pytest.raises(SaekitError, match="incomplete"):
+        StoreSource(part)
+    monkeypatch.setattr(StoreWriter, "write_shard", real)
+    cache(replace(cfg, split="train"), tiny_model, tokenizer)
+    assert _manifest(part) == _manifest(full)
+    for s in _manifest(full)["shards"]:
+        assert (part / s["file"]).read_bytes() == (full / s["file"]).read_bytes()
+
+
+def test_other_settings_refused(cfg, tiny_model, tokenizer):
+    cache(replace(cfg, split="train"), tiny_model, tokenizer)
+    with pytest.raises(SaekitError, match="other settings"):
+        cache(replace(cfg, split="train", lm=replace(cfg.lm, context_length=8)), tiny_model, tokenizer)
+
+
+def test_corrupted_shard_is_detected(cfg, tiny_model, tokenizer):
+    (path,) = cache(replace(cfg, split="train"), tiny_model, tokenizer)
+    shard = path / "shard-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    src = StoreSource(path)
+    with pytest.raises(SaekitError, match="shard-00001.safetensors is corrupted"):
+        for _ in src.iter_all():
+            pass
+
+
+def test_d_in_mismatch(cfg, tiny_model, tokenizer):
+    (path,) = cache(replace(cfg, split="train"), tiny_model, tokenizer)
+    with pytest.raises(SaekitError, match="d_in=32.*expects 64"):
+        StoreSource(path, expected_d_in=64)
+
+
+def test_shuffled_batches_cover_the_store_and_resume(cfg, tiny_model, tokenizer):
+    (path,) = cache(replace(cfg, split="train"), tiny_model, tokenizer)
+    src = StoreSource(path, seed=3, shards_in_memory=2)
+    n = src.total_tokens
+    stream = src.batches(10)
+    first = [next(stream) for _ in range(n // 10)]
+    got = torch.cat([b.acts for b, _ in first])
+    everything = torch.cat([b.acts for b in src.iter_all()])
+    assert not torch.equal(got, everything[: got.shape[0]])  # shuffled
+    epoch, _ = next(src.batches(n))  # one batch of exactly one epoch: a permutation of the store
+    u1, c1 = torch.unique(epoch.acts, dim=0, return_counts=True)
+    u2, c2 = torch.unique(everything, dim=0, return_counts=True)
+    assert torch.equal(u1, u2) and torch.equal(c1, c2)
+    more = [next(stream) for _ in range(5)]  # crosses into epoch 2
+    batch, pos = first[7]
+    resumed = src.batches(10, json.loads(json.dumps(pos)))
+    for (b_expected, p_expected) in first[8:] + more:
+        b, p = next(resumed)
+        assert torch.equal(b.acts, b_expected.acts) and p == p_expected
+
+
+def test_cli_command(cfg, monkeypatch, capsys):
+    from saekit.cli import main
+
+    main(["cache", "--model", cfg.lm.model, "--hookpoint", "mlp_out.1", "--corpus", cfg.lm.corpus,
+          "--context-length", "16", "--out", cfg.out, "--split", "train", "--max-tokens", "50", "--grads",
+          "--no-progress"])
+    assert "train: 50 tokens" in capsys.readouterr().out
+    assert StoreSource(f"{cfg.out}/train").has_grads
+    with pytest.raises(SystemExit):
+        main(["cache", "--model", cfg.lm.model, "--hookpoint", "mlp_out.9", "--corpus", cfg.lm.corpus,
+              "--out", cfg.out + "2"])
+    assert "layer 9 out of range" in capsys.readouterr().err
