@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("Train an SAE (config file and/or flags; --resume continues a run)", "saekit.train.command:main"),
     "eval": ("Evaluate a saved SAE on held-out data; prints a table and writes JSON", "saekit.eval.command:main"),
     "info": ("Show a saved SAE's config and weights summary", "saekit.info:main"),
+    "cache": ("Harvest activations (and --grads) into an on-disk store", "saekit.data.cache_command:main"),
     "demo": ("The end-to-end demo run by `make demo`", "saekit.demo:main"),
 }
 
