@@ -125,6 +125,8 @@ class LMConfig:
     """Contexts per model forward while harvesting."""
     shuffle_buffer_tokens: int = 65536
     """Tokens held in the shuffling buffer when training on the fly."""
+    seed: int = 0
+    """Seed of the shuffling buffer's permutations when training on the fly."""
     device: str = "cpu"
     """Device for the language model."""
     dtype: str = "float32"
