@@ -134,7 +134,7 @@ def special_ids(tokenizer: Any) -> list[int]:
 
 
 def pack(tokenizer: Any, docs: Iterable[str], context_length: int, split: Split = "all",
-         eval_fraction: float = 0.0, docs_per_call: int = 64) -> Iterator[Context]:
+         eval_fraction: float = 0.0) -> Iterator[Context]:
     """Tokenise and pack ``docs`` into contexts; yields only the contexts of ``split``."""
     if context_length < 2:
         raise SaekitError(f"context_length must be at least 2, got {context_length}")
@@ -162,7 +162,7 @@ def pack(tokenizer: Any, docs: Iterable[str], context_length: int, split: Split 
         mask = t_attn.bool() & ~torch.isin(t_ids, specials)
         return Context(i, t_ids, t_attn, mask)
 
-    for chunk in _chunks(docs, docs_per_call):
+    for chunk in _chunks(docs):
         enc = tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]
         for ids in enc:
             if not ids:
@@ -184,13 +184,17 @@ def pack(tokenizer: Any, docs: Iterable[str], context_length: int, split: Split 
             yield ctx
 
 
-def _chunks(items: Iterable[str], n: int) -> Iterator[list[str]]:
+def _chunks(items: Iterable[str], max_docs: int = 256, max_chars: int = 200_000) -> Iterator[list[str]]:
+    """Groups of documents for one tokenizer call: large enough to batch, small enough that the
+    first context comes quickly (one Shakespeare play is ~150k characters)."""
     chunk: list[str] = []
+    chars = 0
     for item in items:
         chunk.append(item)
-        if len(chunk) == n:
+        chars += len(item)
+        if len(chunk) == max_docs or chars >= max_chars:
             yield chunk
-            chunk = []
+            chunk, chars = [], 0
     if chunk:
         yield chunk
 
