@@ -187,6 +187,8 @@ class TrainConfig:
     """Append metrics to metrics.jsonl every this many steps."""
     ckpt_every: int = 200
     """Write a resumable checkpoint every this many steps (and at the end); 0 only at the end."""
+    keep_checkpoints: int = 1
+    """How many of the newest checkpoints to keep."""
     out_dir: str = "runs/sae"
     """Output folder: sae/ (final weights), checkpoints/, metrics.jsonl, config.yaml."""
     seed: int = 0
@@ -198,7 +200,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "init_samples": self.init_samples,
-                    "log_every": self.log_every}
+                    "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints}
         for name, value in positive.items():
             if value <= 0:
                 raise SaekitError(f"{name} must be positive, got {value}")

@@ -49,6 +49,26 @@ def initialise(cfg: TrainConfig, source: ActivationSource) -> SparseAutoencoder:
     return sae
 
 
+def train_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, *,
+               sparsity_scale: float = 1.0, dead_mask: torch.Tensor | None = None, grads: torch.Tensor | None = None,
+               grad_clip: float = 0.0, step: int = 0) -> Any:
+    """One optimisation step on a batch: loss, backward, parallel-gradient removal, clipping, Adam, renormalisation."""
+    out = sae.loss(x, sparsity_scale=sparsity_scale, dead_mask=dead_mask, grad=grads)
+    if not torch.isfinite(out.loss):
+        raise SaekitError(f"loss became {out.loss.item()} at step {step}; try a lower lr")
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    unit_norm = sae.keeps_unit_norm()
+    if unit_norm:
+        sae.dictionary.remove_parallel_grad_()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+    optimizer.step()
+    if unit_norm:
+        sae.dictionary.normalize_()
+    return out
+
+
 class Trainer:
     """One training run in ``cfg.out_dir``; ``run()`` trains to ``cfg.steps`` and saves ``sae/``."""
 
@@ -118,19 +138,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         dead_mask = self.tracker.dead(sae.cfg.dead_tokens) if hasattr(sae.cfg, "dead_tokens") else None
-        out = sae.loss(x, sparsity_scale=sparsity_factor(self.step, cfg), dead_mask=dead_mask, grad=grads)
-        if not torch.isfinite(out.loss):
-            raise SaekitError(f"loss became {out.loss.item()} at step {self.step}; try a lower lr")
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        unit_norm = sae.keeps_unit_norm()
-        if unit_norm:
-            sae.dictionary.remove_parallel_grad_()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        if unit_norm:
-            sae.dictionary.normalize_()
+        out = train_step(sae, self.optimizer, x, sparsity_scale=sparsity_factor(self.step, cfg), dead_mask=dead_mask,
+                         grads=grads, grad_clip=cfg.grad_clip, step=self.step)
         self.tracker.update(out.codes)
         self._maybe_resample(x, out)
         return out
@@ -161,7 +170,7 @@ class Trainer:
     def checkpoint(self) -> Path:
         state = TrainerState(self.step, self.position, self.last_resample,
                              self.tracker.tokens_since_fired.cpu(), torch.get_rng_state())
-        return save_checkpoint(self.out, self.sae, self.optimizer, state)
+        return save_checkpoint(self.out, self.sae, self.optimizer, state, keep=self.cfg.keep_checkpoints)
 
     def _truncate_log(self, step: int) -> None:
         """Drop log rows written after the checkpoint we resume from (they will be written again)."""
