@@ -68,8 +68,10 @@ def test_interrupted_cache_resumes_to_the_same_store(cfg, tiny_model, tokenizer,
     with pytest.raises(SaekitError, match="incomplete"):
         StoreSource(part)
     monkeypatch.setattr(StoreWriter, "write_shard", real)
+    (part / ".shard-00003.safetensors.x1.tmp").write_bytes(b"half a shard")  # as left by a SIGKILL
     cache(replace(cfg, split="train"), tiny_model, tokenizer)
     assert _manifest(part) == _manifest(full)
+    assert not list(part.glob("*.tmp"))
     for s in _manifest(full)["shards"]:
         assert (part / s["file"]).read_bytes() == (full / s["file"]).read_bytes()
 

@@ -110,5 +110,5 @@ def _fill(cfg: CacheConfig, writer: StoreWriter, model: Any, tokenizer: Any, hp:
 def main(argv: list[str]) -> None:
     argv = ["--with-grads" if a == "--grads" else a for a in argv]  # the short spelling in `saekit --help`
     cfg = tyro.cli(CacheConfig, args=argv, prog="saekit cache",
-                   description="Harvest activations (and --with-grads gradients) into an on-disk store.")
+                   description="Harvest activations (and, with --with-grads or --grads, LM-loss gradients) into an on-disk store.")
     cache(cfg)

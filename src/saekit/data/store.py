@@ -47,6 +47,8 @@ class StoreWriter:
         self.path = Path(path)
         self.fp16 = fp16
         manifest_path = self.path / "manifest.json"
+        for leftover in self.path.glob(".shard-*.tmp"):  # a killed run's half-written temporary file
+            leftover.unlink(missing_ok=True)
         if manifest_path.is_file() and not overwrite:
             old = read_json(manifest_path)
             if old.get("format") != FORMAT or old.get("meta") != meta or old.get("fp16") != fp16:
