@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from saekit import losses
+from saekit import kernels, losses
 from saekit.encoders.relu import L1Params, ReluSAE
 from saekit.sae import LossOutput, SparseAutoencoder, register
 
@@ -52,7 +52,16 @@ class GatedSAE(SparseAutoencoder):
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None,
              grad: Tensor | None = None) -> LossOutput:
         x = x * self.cfg.input_scale
-        pi_gate, pi_mag = self.gate_and_magnitude(x)
+        if self.cfg.kernels == "dense":
+            pi_gate, pi_mag = self.gate_and_magnitude(x)
+        else:
+            xc = x - self.dictionary.b_dec
+            proj = kernels.linear(xc, self.W_gate, None, kernels.workspace_of(self))
+            if kernels.use_sparse(self.cfg.kernels, kernels.sampled_density(proj, -self.b_gate.detach())):
+                return self._sparse_loss(x, xc, proj, sparsity_scale)
+            kernels.workspace_of(self).release(proj)
+            projected = kernels.attach_dense(xc, self.W_gate, None, proj)
+            pi_gate, pi_mag = projected + self.b_gate, projected * self.r_mag.exp() + self.b_mag
         f = (pi_gate > 0).to(x.dtype) * pi_mag.relu()
         x_hat = self.dictionary.decode(f)
         mse = losses.squared_error(x, x_hat)
@@ -62,6 +71,28 @@ class GatedSAE(SparseAutoencoder):
         aux = losses.squared_error(x, x_hat_frozen)
         loss = mse + sparsity_scale * self.cfg.l1_coeff * sparsity + aux
         return LossOutput(loss, {"mse": mse, "l1": sparsity, "aux": aux}, f, x_hat)
+
+    def _sparse_loss(self, x: Tensor, xc: Tensor, proj: Tensor, sparsity_scale: float) -> LossOutput:
+        """The same loss over the open gates only (proj = (x − b_dec) W_gate^T, without autograd).
+
+        Neither path passes gradient where the gate is shut (π_gate ≤ 0 zeroes ReLU(π_gate), and the
+        indicator has no gradient), so the decoder, the auxiliary pass and the encoder backward run
+        on the open entries."""
+        p = kernels.Pattern.above(proj, -self.b_gate.detach())
+        projected = kernels.gather_preacts(xc, self.W_gate, None, p, p.gather(proj))
+        pi_gate = projected + self.b_gate[p.cols]
+        pi_mag = projected * self.r_mag.exp()[p.cols] + self.b_mag[p.cols]
+        f = (pi_gate > 0).to(x.dtype) * pi_mag.relu()
+        W_dec, b_dec = self.dictionary.W_dec, self.dictionary.b_dec
+        x_hat = kernels.decode(f, W_dec, p) + b_dec
+        mse = losses.squared_error(x, x_hat)
+        gate_act = pi_gate.relu()
+        sparsity = gate_act.abs().sum() / x.shape[0]
+        x_hat_frozen = kernels.decode(gate_act, W_dec.detach(), p) + b_dec.detach()
+        aux = losses.squared_error(x, x_hat_frozen)
+        loss = mse + sparsity_scale * self.cfg.l1_coeff * sparsity + aux
+        codes = proj.zero_().index_put_((p.rows, p.cols), f.detach())  # reuses proj's memory
+        return LossOutput(loss, {"mse": mse, "l1": sparsity, "aux": aux}, codes, x_hat)
 
     def encoder_weight(self) -> Tensor:
         return self.W_gate

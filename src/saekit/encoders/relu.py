@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from saekit import losses
+from saekit import kernels, losses
 from saekit.errors import SaekitError
 from saekit.sae import LossOutput, SparseAutoencoder, register
 
@@ -16,6 +17,9 @@ from saekit.sae import LossOutput, SparseAutoencoder, register
 class L1Params:
     l1_coeff: float = 5.0
     """λ, the sparsity coefficient (with inputs normalised to E|x|^2 = d_in)."""
+    kernels: Literal["auto", "dense", "sparse"] = "auto"
+    """Training kernels: sparse runs the decoder, the encoder backward (and the gated auxiliary pass) on
+    the active latents only; dense uses full matmuls; auto picks per batch by measured code density."""
 
 
 class LinearEncoderMixin:
@@ -64,6 +68,7 @@ class ReluSAE(LinearEncoderMixin, SparseAutoencoder):
     def validate(cls, cfg) -> None:
         if not cfg.l1_coeff >= 0:
             raise SaekitError(f"sae.l1_coeff must be >= 0, got {cfg.l1_coeff}")
+        kernels.check_mode(cfg.kernels)
 
     def keeps_unit_norm(self) -> bool:
         return self.cfg.unit_norm_atoms
@@ -74,9 +79,28 @@ class ReluSAE(LinearEncoderMixin, SparseAutoencoder):
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None,
              grad: Tensor | None = None) -> LossOutput:
         x = x * self.cfg.input_scale
-        f = self.encode_scaled(x)
+        if self.cfg.kernels == "dense":
+            f = self.encode_scaled(x)
+        else:
+            xc = x - self.dictionary.b_dec
+            z = kernels.linear(xc, self.W_enc, self.b_enc, kernels.workspace_of(self))
+            if kernels.use_sparse(self.cfg.kernels, kernels.sampled_density(z)):
+                return self._sparse_loss(x, xc, z, sparsity_scale)
+            kernels.workspace_of(self).release(z)
+            f = kernels.attach_dense(xc, self.W_enc, self.b_enc, z).relu()
         x_hat = self.dictionary.decode(f)
         mse = losses.squared_error(x, x_hat)
         sparsity = losses.weighted_l1(f, self.dictionary.atom_norms())
         loss = mse + sparsity_scale * self.cfg.l1_coeff * sparsity
         return LossOutput(loss, {"mse": mse, "l1": sparsity}, f, x_hat)
+
+    def _sparse_loss(self, x: Tensor, xc: Tensor, z: Tensor, sparsity_scale: float) -> LossOutput:
+        """The same loss over the active latents only (z: pre-activations without autograd)."""
+        p = kernels.Pattern.above(z, 0.0)
+        codes = z.relu_()  # the dense codes, detached (reuses z's memory)
+        f = kernels.gather_preacts(xc, self.W_enc, self.b_enc, p, p.gather(codes)).relu()
+        x_hat = kernels.decode(f, self.dictionary.W_dec, p) + self.dictionary.b_dec
+        mse = losses.squared_error(x, x_hat)
+        sparsity = (f.abs() * self.dictionary.atom_norms()[p.cols]).sum() / x.shape[0]
+        loss = mse + sparsity_scale * self.cfg.l1_coeff * sparsity
+        return LossOutput(loss, {"mse": mse, "l1": sparsity}, codes, x_hat)

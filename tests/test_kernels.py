@@ -1,0 +1,136 @@
+"""Sparse training kernels give the dense results: outputs and every parameter gradient."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from saekit import kernels
+from saekit.config import SAEConfig
+from saekit.errors import SaekitError
+from saekit.sae import available_architectures, build_sae
+
+D, M, B = 24, 96, 64
+
+
+def _sae(arch: str, mode: str, **kw):
+    cfg = SAEConfig(architecture=arch, d_in=D, n_latents=M, kernels=mode, input_scale=0.7, **kw)
+    sae = build_sae(cfg, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            if p.ndim == 1:  # biases, r_mag: nonzero so every term is exercised
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+        if arch == "relu":  # floating atom norms (the weighted L1)
+            sae.W_dec.mul_(0.5 + torch.rand(M, 1, generator=gen))
+        for name in ("b_enc", "b_gate"):  # trained-like sparsity: ~a tenth of the latents on
+            if hasattr(sae, name):
+                getattr(sae, name).sub_(1.0)
+    return sae
+
+
+def _run(sae, x, **kw):
+    sae.zero_grad(set_to_none=True)
+    out = sae.loss(x, sparsity_scale=0.8, **kw)
+    out.loss.backward()
+    return out, {n: p.grad.clone() if p.grad is not None else None for n, p in sae.named_parameters()}
+
+
+def _compare(arch: str, x: torch.Tensor, **kw) -> None:
+    dense = _sae(arch, "dense", **kw.pop("cfg", {}))
+    sparse = copy.deepcopy(dense)
+    sparse.cfg = dataclasses.replace(dense.cfg, kernels="sparse")
+    out_d, g_d = _run(dense, x, **kw)
+    out_s, g_s = _run(sparse, x, **kw)
+    tol = dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_s.loss, out_d.loss, **tol)
+    assert set(out_s.terms) == set(out_d.terms)
+    for name in out_d.terms:
+        torch.testing.assert_close(out_s.terms[name], out_d.terms[name], **tol)
+    torch.testing.assert_close(out_s.codes, out_d.codes.detach(), **tol)
+    torch.testing.assert_close(out_s.x_hat, out_d.x_hat.detach(), **tol)
+    for name, g in g_d.items():
+        assert g is not None, name
+        torch.testing.assert_close(g_s[name], g, **tol, msg=lambda m: f"grad of {name}: {m}")
+
+
+@pytest.mark.parametrize("arch", ["relu", "gated", "topk"])
+def test_sparse_matches_dense(arch: str) -> None:
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(3)) * 2
+    _compare(arch, x)
+
+
+def test_every_registered_architecture_matches() -> None:
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(4))
+    for arch in available_architectures():
+        _compare(arch, x)
+
+
+def test_topk_auxk_matches_dense() -> None:
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(5))
+    dead = torch.zeros(M, dtype=torch.bool)
+    dead[::3] = True
+    _compare("topk", x, cfg={"k": 5, "k_aux": 7}, dead_mask=dead)
+    _compare("topk", x, cfg={"k": 5}, dead_mask=torch.zeros(M, dtype=torch.bool))
+
+
+def test_unit_norm_relu_and_empty_tokens() -> None:
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(6))
+    x[:5] = 0.0  # some tokens with no active latent at all
+    _compare("relu", x, cfg={"unit_norm_atoms": True})
+
+
+def test_auto_mode_takes_both_paths() -> None:
+    sae = _sae("relu", "auto")
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        z = kernels.linear(x * 0.7 - sae.b_dec, sae.W_enc, sae.b_enc)
+    assert kernels.use_sparse("auto", kernels.sampled_density(z)) is (kernels.sampled_density(z) <= 0.05)
+    _compare("relu", x)  # ~10% density: auto would go dense; forced sparse still matches
+    with torch.no_grad():
+        sae.b_enc.fill_(-100.0)
+    out = sae.loss(x)
+    out.loss.backward()
+    assert out.codes.count_nonzero() == 0 and sae.W_enc.grad.abs().sum() == 0
+
+
+def test_gated_aux_does_not_train_decoder() -> None:
+    sae = _sae("gated", "sparse")
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(8))
+    out = sae.loss(x)
+    (grad,) = torch.autograd.grad(out.terms["aux"], sae.W_dec, allow_unused=True)
+    assert grad is None or torch.count_nonzero(grad) == 0
+
+
+def test_kernel_primitives() -> None:
+    gen = torch.Generator().manual_seed(9)
+    z = torch.rand(7, 11, generator=gen)
+    z[2] = 0.0
+    active = z > 0.7
+    p = kernels.Pattern.above(z, 0.7, chunk=3)
+    vals = torch.randn(p.nnz, generator=gen)
+    dense = torch.zeros(7, 11).index_put_((p.rows, p.cols), vals)
+    w, y, a = torch.randn(11, 5, generator=gen), torch.randn(7, 5, generator=gen), torch.randn(7, 5, generator=gen)
+    torch.testing.assert_close(kernels.spmm(vals, p, w), dense @ w)
+    torch.testing.assert_close(kernels.spmm_t(vals, p, y), dense.T @ y)
+    torch.testing.assert_close(kernels.sddmm(p, a, w), (a @ w.T)[active])
+
+
+def test_bad_mode_is_refused() -> None:
+    with pytest.raises(SaekitError):
+        SAEConfig(architecture="topk", d_in=4, n_latents=8, kernels="fast").validate()
+
+
+def test_workspace_never_overwrites_held_codes() -> None:
+    sae = _sae("topk", "sparse")
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(10))
+    first = sae.loss(x).codes
+    kept = first.clone()
+    second = sae.loss(x * 2).codes
+    third_view = sae.loss(x * 3).codes[:3]  # only a view of these codes survives
+    sae.loss(x * 4)
+    assert torch.equal(first, kept) and first.data_ptr() != second.data_ptr()
+    torch.testing.assert_close(third_view, sae.loss(x * 3).codes[:3])
