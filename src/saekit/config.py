@@ -45,7 +45,9 @@ def _merge_params() -> type:
                 raise TypeError(f"architecture {name}: field {f.name} clashes with another architecture's")
             seen[f.name] = f
         bases.append(cls.Params)
-    return type("SAEConfigBase", (*reversed(bases), CommonSAEFields), {})
+    # a Params class extended by another architecture's (GradientTopK < TopK) is already in its MRO
+    leaves = [b for b in bases if not any(o is not b and issubclass(o, b) for o in bases)]
+    return type("SAEConfigBase", (*reversed(leaves), CommonSAEFields), {})
 
 
 @dataclass

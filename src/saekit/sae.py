@@ -87,6 +87,11 @@ class SparseAutoencoder(nn.Module):
     def validate(cls, cfg: "SAEConfig") -> None:
         """Raise SaekitError for impossible hyperparameters."""
 
+    @classmethod
+    def fit_to_sample(cls, cfg: "SAEConfig", acts: Tensor, grads: Tensor | None) -> "SAEConfig":
+        """Set data-dependent hyperparameters from an initial sample (e.g. a gradient normaliser)."""
+        return cfg
+
     def keeps_unit_norm(self) -> bool:
         """Whether training projects atoms to unit norm (and drops the parallel gradient)."""
         return True
