@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("Show a saved SAE's config and weights summary", "saekit.info:main"),
     "cache": ("Harvest activations (and --grads) into an on-disk store", "saekit.data.cache_command:main"),
     "demo": ("The end-to-end demo run by `make demo`", "saekit.demo:main"),
+    "bench-synthetic": ("O'Neill et al. synthetic benchmark of encoders and inference methods", "saekit.inference.bench_synthetic:main"),
 }
 
 
