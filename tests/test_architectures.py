@@ -9,7 +9,7 @@ from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.sae import build_sae
 
-from conftest import tiny_sae
+from sae_factories import tiny_sae
 
 CORE = ["relu", "gated", "topk"]
 

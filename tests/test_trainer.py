@@ -21,7 +21,7 @@ from saekit.train.initialisation import geometric_median, input_scale
 from saekit.train.schedules import lr_factor, sparsity_factor
 from saekit.train.trainer import Trainer, make_optimizer, train
 
-from conftest import tiny_sae
+from sae_factories import tiny_sae
 
 SMALL = DataConfig(synthetic=SyntheticConfig(n_features=12, d=8, k=2))
 
