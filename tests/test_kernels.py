@@ -134,3 +134,11 @@ def test_workspace_never_overwrites_held_codes() -> None:
     sae.loss(x * 4)
     assert torch.equal(first, kept) and first.data_ptr() != second.data_ptr()
     torch.testing.assert_close(third_view, sae.loss(x * 3).codes[:3])
+
+
+def test_gradient_topk_with_gradients_matches_dense() -> None:
+    if "gradient_topk" not in available_architectures():
+        pytest.skip("no gradient_topk architecture")
+    gen = torch.Generator().manual_seed(11)
+    x, g = torch.randn(B, D, generator=gen), torch.randn(B, D, generator=gen)
+    _compare("gradient_topk", x, cfg={"k": 6}, grad=g)

@@ -1,0 +1,105 @@
+"""One training step of the peer libraries, called the way their own trainers call it (runs only in
+benchmarks/.venv-peers; imported by train_step.py's child processes, never by saekit).
+
+- SAELens (sae-lens): ``SAETrainer._train_step``: ``sae.training_forward_pass(TrainStepInput(...))``,
+  the firing statistics it keeps on the codes, ``loss.backward()``, ``clip_grad_norm_(…, 1.0)``,
+  ``Adam.step()``, ``zero_grad()``.
+- sparsify (eai-sparsify): ``Trainer.fit`` with ``loss_fn="fvu"`` and ``optimizer="adam"``:
+  ``set_decoder_norm_to_unit_norm()``, ``sae(x, y=x, dead_mask=...)``, ``(fvu + auxk_alpha·auxk +
+  multi_topk_fvu/8).backward()``, ``remove_gradient_parallel_to_decoder_directions()``, ``Adam.step()``,
+  ``zero_grad()`` (sparsify has no gradient clipping; its CPU decoder is ``embedding_bag``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _saelens(spec: dict, c: dict, trained_bias):
+    from sae_lens.saes.gated_sae import GatedTrainingSAE, GatedTrainingSAEConfig
+    from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    d, m = c["d_in"], c["n_latents"]
+    arch = spec["arch"]
+    if arch == "relu":
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=m, l1_coefficient=5.0))
+    elif arch == "gated":
+        sae = GatedTrainingSAE(GatedTrainingSAEConfig(d_in=d, d_sae=m, l1_coefficient=5.0))
+    elif arch == "topk":
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=m, k=c["k"]))
+    else:
+        return None
+    betas = (0.0, 0.999) if arch == "gated" else (0.9, 0.999)
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=betas)
+    coefficients = {name: (v.value if isinstance(v, TrainCoefficientConfig) else v)
+                    for name, v in sae.get_coefficients().items()}
+    dead = torch.zeros(m, dtype=torch.bool)
+    freq = torch.zeros(m)
+    since_fired = torch.zeros(m)
+
+    def set_trained(x):
+        with torch.no_grad():
+            z = (x - sae.b_dec) @ sae.W_enc
+            (sae.b_gate if arch == "gated" else sae.b_enc).copy_(trained_bias(z, c["k"]))
+
+    def step(x):
+        sae.train()
+        out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients=coefficients, dead_neuron_mask=dead,
+                                                       n_training_steps=0, is_logging_step=False))
+        with torch.no_grad():
+            firing = out.feature_acts.bool().float()
+            did_fire = firing.sum(-2).bool()
+            since_fired.add_(1)
+            since_fired[did_fire] = 0
+            freq.add_(firing.sum(0))
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        return out.feature_acts
+
+    return sae, set_trained, step
+
+
+def _sparsify(spec: dict, c: dict, trained_bias):
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    if spec["arch"] != "topk":
+        return None
+    sae = SparseCoder(c["d_in"], SparseCoderConfig(num_latents=c["n_latents"], k=c["k"]), device="cpu")
+    opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / (sae.num_latents / 2**14) ** 0.5)
+
+    def step(x):
+        sae.set_decoder_norm_to_unit_norm()
+        out = sae(x, y=x, dead_mask=None)  # auxk_alpha defaults to 0: the trainer passes no dead mask
+        loss = out.fvu + 0.0 * out.auxk_loss + out.multi_topk_fvu / 8
+        loss.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+        return out.latent_indices
+
+    return sae, None, step
+
+
+def run(spec: dict, c: dict, timed, rss_now_kb, trained_bias) -> dict:
+    base = rss_now_kb()
+    built = (_saelens if spec["lib"] == "saelens" else _sparsify)(spec, c, trained_bias)
+    if built is None:
+        raise SystemExit(f"{spec['lib']} has no {spec['arch']} architecture")
+    sae, set_trained, step = built
+    x = torch.randn(c["batch"], c["d_in"], generator=torch.Generator().manual_seed(0))
+    if spec["sparsity"] == "trained" and set_trained is not None:
+        set_trained(x)
+    last = {}
+
+    def one():
+        last.pop("codes", None)
+        last["codes"] = step(x)
+
+    times = timed(one, spec["steps"], spec["warmup"])
+    codes = last["codes"]
+    l0 = float((codes != 0).sum(-1).float().mean()) if codes.shape[-1] == c["n_latents"] else float(codes.shape[-1])
+    return dict(times=times, l0=l0, base_rss_kb=base)
