@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("Evaluate a saved SAE on held-out data; prints a table and writes JSON", "saekit.eval.command:main"),
     "info": ("Show a saved SAE's config and weights summary", "saekit.info:main"),
     "cache": ("Harvest activations (and --grads) into an on-disk store", "saekit.data.cache_command:main"),
+    "sweep": ("Train and evaluate a grid of SAEs (architectures x λ/k x widths) on shared data; table + plots", "saekit.sweep:main"),
     "demo": ("The end-to-end demo run by `make demo`", "saekit.demo:main"),
     "bench-synthetic": ("O'Neill et al. synthetic benchmark of encoders and inference methods", "saekit.inference.bench_synthetic:main"),
 }

@@ -29,6 +29,12 @@ class EvalCommand:
     """JSON output; default: eval.json next to the SAE folder."""
     device: str = "cpu"
     """Device to evaluate on."""
+    splice: bool = True
+    """For an SAE trained on LM data (source lm or store): also splice it into the model (loss recovered, KL)."""
+    splice_contexts: int = 64
+    """Held-out contexts for the splicing evaluation."""
+    splice_batch_contexts: int = 8
+    """Contexts per model forward in the splicing evaluation."""
 
 
 def resolve_data(sae_dir: Path, data: DataConfig | None) -> DataConfig:
@@ -42,11 +48,12 @@ def resolve_data(sae_dir: Path, data: DataConfig | None) -> DataConfig:
 
 def main(argv: list[str]) -> None:
     from saekit.eval.reconstruction import evaluate_reconstruction, evaluate_recovery
+    from saekit.eval.splice import clean_json, lm_settings, splice_saes
     from saekit.sae import load
 
     cmd = tyro.cli(EvalCommand, args=argv, prog="saekit eval", description="Evaluate a saved SAE.")
-    if cmd.tokens <= 0 or cmd.batch_size <= 0:
-        raise SaekitError("--tokens and --batch-size must be positive")
+    if min(cmd.tokens, cmd.batch_size, cmd.splice_contexts, cmd.splice_batch_contexts) <= 0:
+        raise SaekitError("--tokens, --batch-size, --splice-contexts and --splice-batch-contexts must be positive")
     sae = load(cmd.sae, cmd.device)
     data = resolve_data(cmd.sae, cmd.data)
     source = make_source(data, "eval")
@@ -57,6 +64,14 @@ def main(argv: list[str]) -> None:
         x, codes = source.eval_set(min(cmd.tokens, 8192))
         results.update(evaluate_recovery(sae, x, codes, source.truth.dictionary))
     print(format_table([{"metric": k, "value": v} for k, v in results.items()]))
+    payload = {"sae": str(cmd.sae), "architecture": sae.cfg.architecture, **results}
+    lm = lm_settings(data) if cmd.splice else None
+    if lm is not None:
+        spliced = splice_saes(lm, {"sae": sae}, cmd.splice_contexts, cmd.splice_batch_contexts,
+                              model=getattr(source, "model", None), tokenizer=getattr(source, "tokenizer", None))["sae"]
+        print(f"\nspliced into {lm.model} at {lm.hookpoint} ({spliced['ce_tokens']} held-out tokens)")
+        print(format_table([{"metric": k, "value": v} for k, v in spliced.items() if k != "density_histogram"]))
+        payload["splice"] = spliced
     out = cmd.out or cmd.sae.parent / "eval.json"
-    atomic_write_json(out, {"sae": str(cmd.sae), "architecture": sae.cfg.architecture, **results})
+    atomic_write_json(out, clean_json(payload))
     print(f"wrote {out}")

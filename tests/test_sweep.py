@@ -1,0 +1,119 @@
+"""`saekit sweep` on small synthetic grids (seconds), plus one on a tiny random Llama model."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from saekit.cli import main
+from saekit.config import TrainConfig
+from saekit.errors import SaekitError
+from saekit.sweep import Point, grid, parse, point_config, run_sweep
+
+SMALL = ["--steps", "20", "--batch-size", "128", "--lr", "3e-3", "--warmup-steps", "5", "--init-samples", "256",
+         "--data.synthetic.n-features", "16", "--data.synthetic.d", "8", "--no-progress", "--log-every", "10",
+         "--ckpt-every", "0", "--eval-tokens", "512"]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_six_point_sweep_writes_table_json_and_plots(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    main(["sweep", *SMALL, "--architectures", "relu", "gated", "topk", "--l1-coeffs", "0.5", "2",
+          "--ks", "2", "4", "--widths", "24", "--sweep-dir", str(out)])
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    assert {r["architecture"] for r in rows} == {"relu", "gated", "topk"}
+    assert {r["sparsity"] for r in rows if r["architecture"] == "topk"} == {"2", "4"}
+    for r in rows:
+        assert 0 < float(r["l0"]) <= 24 and float(r["fvu"]) >= 0 and float(r["gamma"]) > 0
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["rows"]) == 6 and data["base_config"]["steps"] == 20
+    hist = data["rows"][0]["density_histogram"]
+    assert sum(hist["counts"]) + hist["dead"] == 24
+    for png in ("l0_vs_fvu.png", "gamma_vs_l0.png", "density_histograms.png"):
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    topk_l0 = sorted(float(r["l0"]) for r in rows if r["architecture"] == "topk")
+    assert 1.5 < topk_l0[0] <= 2 and 3 < topk_l0[1] <= 4  # at most k (a ReLU can zero a kept value)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_failed_point_is_recorded_and_others_kept(tmp_path):
+    out = tmp_path / "sweep"
+    main(["sweep", *SMALL, "--steps", "10", "--architectures", "topk", "--ks", "3", "100", "--widths", "16",
+          "--sweep-dir", str(out)])
+    rows = read_csv(out / "results.csv")
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert "k" in rows[1]["error"] and "100" in rows[1]["error"]
+    assert rows[0]["l0"] and not rows[1]["l0"]
+    data = json.loads((out / "results.json").read_text())
+    assert data["rows"][1]["status"] == "failed" and data["rows"][1]["error"] == rows[1]["error"]
+    assert (out / "plots" / "l0_vs_fvu.png").is_file()
+
+
+def test_identical_inputs_give_identical_results(tmp_path):
+    args = [*SMALL, "--steps", "15", "--architectures", "relu", "--l1-coeffs", "1", "--widths", "16"]
+    main(["sweep", *args, "--sweep-dir", str(tmp_path / "a")])
+    main(["sweep", *args, "--sweep-dir", str(tmp_path / "b")])
+    a = json.loads((tmp_path / "a" / "results.json").read_text())["rows"]
+    b = json.loads((tmp_path / "b" / "results.json").read_text())["rows"]
+    assert a == b
+
+
+def test_grid_and_config_file(tmp_path):
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text("steps: 7\nsae:\n  architecture: relu\n  n_latents: 12\n")
+    cmd = parse(["--config", str(cfg), "--lr", "0.01", "--architectures", "gated", "topk", "--ks", "5"])
+    assert cmd.cfg.steps == 7 and cmd.cfg.lr == 0.01
+    points = grid(cmd.cfg, cmd.architectures, cmd.l1_coeffs, cmd.ks, cmd.widths)
+    assert [p.name for p in points] == ["gated-l1_coeff1-m12", "gated-l1_coeff3-m12", "gated-l1_coeff10-m12",
+                                        "topk-k5-m12"]
+    pc = point_config(cmd.cfg, points[-1], tmp_path)
+    assert pc.sae.k == 5 and pc.sae.n_latents == 12 and pc.sae.architecture == "topk"
+    with pytest.raises(SaekitError, match="whole number"):
+        point_config(cmd.cfg, Point("topk", "k", 2.5, 12), tmp_path)
+    with pytest.raises(SaekitError, match="unknown architecture"):
+        grid(cmd.cfg, ("nope",), (), (), ())
+    with pytest.raises(SaekitError, match="empty"):
+        run_sweep(TrainConfig(), [], tmp_path / "none")
+
+
+def test_lm_sweep_caches_once_and_splices(tmp_path):
+    """data.source=lm: one store is harvested, every point trains from it, loss recovered is measured."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = "the king queen lord lady speaks of and to a in my night day sword crown".split()
+    vocab = {w: i for i, w in enumerate(["<unk>", "<bos>", "<eos>", "<pad>", *words])}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
+                                  pad_token="<pad>")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                         max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=3))
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(len(words), (300, 8), generator=gen)
+    (tmp_path / "c.txt").write_text("\n".join(" ".join(words[i] for i in row) for row in idx.tolist()))
+    out = tmp_path / "sweep"
+    main(["sweep", "--data.source", "lm", "--data.lm.model", str(tmp_path / "model"), "--data.lm.hookpoint",
+          "resid_post.0", "--data.lm.corpus", str(tmp_path / "c.txt"), "--data.lm.context-length", "16",
+          "--data.lm.eval-fraction", "0.2", "--cache-tokens", "1500", "--steps", "10", "--batch-size", "64",
+          "--init-samples", "128", "--no-progress", "--ckpt-every", "0", "--architectures", "gated", "topk",
+          "--l1-coeffs", "1", "--ks", "4", "--widths", "32", "--splice-contexts", "4", "--sweep-dir", str(out)])
+    rows = read_csv(out / "results.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    for r in rows:
+        assert r["loss_recovered"] and r["kl"] and float(r["kl"]) >= 0 and float(r["ce_clean"]) > 0
+    assert float(rows[0]["ce_clean"]) == float(rows[1]["ce_clean"])
+    assert (out / "store" / "train" / "manifest.json").is_file()
+    assert (out / "plots" / "l0_vs_loss_recovered.png").is_file()
