@@ -43,7 +43,7 @@ def test_training_and_sparse_coding_by_hand() -> None:
     fwd = flops.autoencoder_forward(flops.linear_encoder(8, 16), 16, 8)
     assert fwd == 288 + 264 + (24 + 32 + 1)
     assert flops.training(fwd, 1000) == 3 * fwd * 1000
-    assert flops.supervised_forward(288, 16) == 288 + 48
+    assert flops.supervised_forward(288, 16) == 288 + 80
     # MOD on 10 samples: SᵀS 2·16·10·16 = 5120, SᵀX 2·16·10·8 = 2560, solve 2730 + 4096, norms 384, rescale 160
     assert flops.dictionary_update(10, 16, 8) == 5120 + 2560 + 2730 + 4096 + 384 + 160
     assert flops.sparse_coding_training(10, 16, 8, [2, 3]) == (

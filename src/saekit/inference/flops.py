@@ -101,8 +101,9 @@ def autoencoder_forward(encoder_flops: int, n: int, d: int) -> int:
 
 
 def supervised_forward(encoder_flops: int, n: int) -> int:
-    """One sample through the encoder and ‖f − s‖² against the known codes (3n)."""
-    return encoder_flops + 3 * n
+    """One sample through the encoder and the supervised loss against the known codes: compare s > 0
+    and select z or ReLU(z) (2n), difference, square, sum (3n)."""
+    return encoder_flops + 5 * n
 
 
 def dictionary_update(n_samples: int, n: int, d: int) -> int:

@@ -6,7 +6,8 @@ hidden layers give the encoder room to approximate the sparse-inference map. Wit
 below compares the two on identical code paths.
 
 Regimes (the paper's three settings):
-- ``train_supervised``: the true codes are known; regress them (‖f − s‖²).
+- ``train_supervised``: the true codes are known; regress them (‖f − s‖², see the function for
+  how a dead output unit is kept trainable).
 - ``train_frozen_dictionary``: the dictionary is known and frozen; minimise ‖x − fW − b‖² + λ‖f‖₁.
 - ``train_joint``: neither is known; learn the encoder and a unit-norm dictionary together
   (the gradient's component along each atom is removed and atoms re-projected after every step).
@@ -42,6 +43,10 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """The last layer's input to its ReLU: forward(x) == pre_activations(x).relu()."""
+        return self.net[:-1](x)
 
     def flops(self) -> int:
         """Inference FLOPs per sample (see flops.mlp_encoder)."""
@@ -123,13 +128,18 @@ def _check_data(x: Tensor, d_in: int) -> None:
 
 
 def train_supervised(encoder: MLPEncoder, x: Tensor, codes: Tensor, s: TrainSettings) -> TrainResult:
-    """Regime (i), known codes: minimise ‖encoder(x) − codes‖²."""
+    """Regime (i), known codes: minimise ‖encoder(x) − codes‖², with one change that keeps the
+    minimiser: where a true code is active (s > 0) the error is taken on the pre-activation z
+    instead of ReLU(z). Why: with (ReLU(z) − s)² an output unit whose z is negative on every sample
+    gets no gradient and is dead for good (we saw 4 of 16 outputs die with h=1024); (z − s)² pulls it
+    back, and both losses are zero exactly when ReLU(z) = s. Inactive targets keep ReLU(z)²."""
     _check_data(x, encoder.widths[0])
     if codes.shape != (x.shape[0], encoder.widths[-1]):
         raise SaekitError(f"codes must have shape ({x.shape[0]}, {encoder.widths[-1]}), got {tuple(codes.shape)}")
 
     def batch_loss(idx: Tensor | None) -> Tensor:
-        return (encoder(_rows(x, idx)) - _rows(codes, idx)).pow(2).sum(dim=1).mean()
+        z, target = encoder.pre_activations(_rows(x, idx)), _rows(codes, idx)
+        return (torch.where(target > 0, z, z.relu()) - target).pow(2).sum(dim=1).mean()
 
     loss, seen = _loop(list(encoder.parameters()), x.shape[0], x.device, batch_loss, s)
     fwd = flops.supervised_forward(encoder.flops(), encoder.widths[-1])
