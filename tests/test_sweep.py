@@ -117,3 +117,7 @@ def test_lm_sweep_caches_once_and_splices(tmp_path):
     assert float(rows[0]["ce_clean"]) == float(rows[1]["ce_clean"])
     assert (out / "store" / "train" / "manifest.json").is_file()
     assert (out / "plots" / "l0_vs_loss_recovered.png").is_file()
+    # `saekit eval` on a point trained from a store without an eval split: the splice measures it
+    main(["eval", str(out / "runs" / rows[1]["name"] / "sae"), "--splice-contexts", "4"])
+    ev = json.loads((out / "runs" / rows[1]["name"] / "eval.json").read_text())
+    assert ev["splice"]["loss_recovered"] == pytest.approx(float(rows[1]["loss_recovered"]), rel=1e-4)
