@@ -57,9 +57,9 @@ def model_dir(tmp_path_factory, tiny_model, tokenizer) -> Path:
 def corpus_dir(tmp_path_factory) -> Path:
     """A small corpus folder: two .txt files and a .jsonl file."""
     d = tmp_path_factory.mktemp("corpus")
-    (d / "a.txt").write_text(make_text(60, seed=1))
-    (d / "b.txt").write_text(make_text(60, seed=2))
+    (d / "a.txt").write_text(make_text(30, seed=1))
+    (d / "b.txt").write_text(make_text(30, seed=2))
     import json
 
-    (d / "c.jsonl").write_text("\n".join(json.dumps({"text": make_text(3, seed=10 + i)}) for i in range(20)))
+    (d / "c.jsonl").write_text("\n".join(json.dumps({"text": make_text(3, seed=10 + i)}) for i in range(10)))
     return d

@@ -38,8 +38,22 @@ def test_store_round_trips_exactly(cfg, tiny_model, tokenizer):
     direct = list(harvest(tiny_model, hp, contexts(tokenizer, cfg.lm.corpus, "text", 16, "train", 0.2),
                           16, with_grads=True, progress=False))
     assert torch.equal(torch.cat([b.acts for b in stored]), torch.cat([h.acts for h in direct]))
-    assert torch.equal(torch.cat([b.grads for b in stored]), torch.cat([h.grads for h in direct]))
+    # shards hold 10 contexts, forwards 16: the summed-loss backward differs in the last bits
+    torch.testing.assert_close(torch.cat([b.grads for b in stored]), torch.cat([h.grads for h in direct]))
     assert open_store_source(cfg.out, "eval").total_tokens == _manifest(eval_dir)["total_tokens"] > 0
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_writer_reader_bit_exact(tmp_path, fp16):
+    gen = torch.Generator().manual_seed(0)
+    shards = [(torch.randn(n, 8, generator=gen), torch.randn(n, 8, generator=gen) * 1e-6) for n in (5, 0, 7)]
+    w = StoreWriter(tmp_path / "s", {"k": 1}, fp16=fp16)
+    for a, g in shards:
+        w.write_shard(a, g, 1)
+    w.finish()
+    back = list(StoreSource(tmp_path / "s").iter_all())
+    for (a, g), b in zip(shards, back):
+        assert torch.equal(b.acts, a.half().float() if fp16 else a) and torch.equal(b.grads, g)
 
 
 def test_fp16_and_max_tokens(cfg, tiny_model, tokenizer):
