@@ -147,3 +147,15 @@ def test_cli_command(cfg, monkeypatch, capsys):
         main(["cache", "--model", cfg.lm.model, "--hookpoint", "mlp_out.9", "--corpus", cfg.lm.corpus,
               "--out", cfg.out + "2"])
     assert "layer 9 out of range" in capsys.readouterr().err
+
+
+def test_trainer_factory_opens_store_and_lm_sources(cfg, tiny_model, tokenizer):
+    from saekit.config import DataConfig
+    from saekit.data.factory import make_source
+
+    cache(cfg, tiny_model, tokenizer)
+    for split in ("train", "eval"):
+        src = make_source(DataConfig(source="store", store=cfg.out), split)
+        assert isinstance(src, StoreSource) and src.meta["split"] == split and src.d_in == 32
+    lm_src = make_source(DataConfig(source="lm", lm=cfg.lm), "eval")
+    assert lm_src.d_in == 32 and next(lm_src.batches(8))[0].acts.shape == (8, 32)
