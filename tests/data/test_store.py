@@ -159,3 +159,10 @@ def test_trainer_factory_opens_store_and_lm_sources(cfg, tiny_model, tokenizer):
         assert isinstance(src, StoreSource) and src.meta["split"] == split and src.d_in == 32
     lm_src = make_source(DataConfig(source="lm", lm=cfg.lm), "eval")
     assert lm_src.d_in == 32 and next(lm_src.batches(8))[0].acts.shape == (8, 32)
+
+
+def test_fp16_overflow_refused(tmp_path):
+    w = StoreWriter(tmp_path / "s", {}, fp16=True)
+    with pytest.raises(SaekitError, match="float16 range"):
+        w.write_shard(torch.full((2, 4), 1e6), None, 1)
+    assert not list((tmp_path / "s").glob("shard-*"))

@@ -86,6 +86,8 @@ class StoreWriter:
             m["d_in"], m["has_grads"] = int(acts.shape[1]), grads is not None
         if acts.shape[1] != m["d_in"] or (grads is not None) != m["has_grads"]:
             raise SaekitError(f"shard does not match the store: d_in {acts.shape[1]} vs {m['d_in']}")
+        if self.fp16 and acts.numel() and float(acts.abs().max()) > torch.finfo(torch.float16).max:
+            raise SaekitError("activations exceed the float16 range; cache without --fp16")
         tensors = {"acts": acts.to(torch.float16 if self.fp16 else torch.float32).contiguous()}
         if grads is not None:
             tensors["grads"] = grads.float().contiguous()
