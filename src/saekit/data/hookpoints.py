@@ -148,7 +148,3 @@ def run_captured(model: nn.Module, hp: Hookpoint, input_ids: Tensor, attention_m
         raise SaekitError(f"hookpoint {hp.name} was never reached in the forward pass")
     return got["acts"]
 
-
-def stop_forward_error() -> type[Exception]:
-    """The private exception type, for callers that run the model themselves inside ``capture``."""
-    return _StopForward
