@@ -97,3 +97,14 @@ def test_cli_config_file_with_overrides(tmp_path):
 def test_cli_missing_sae_folder():
     out = run_cli("info", "/nonexistent/sae")
     assert out.returncode == 2 and "no SAE folder" in out.stderr
+
+
+def test_atomic_writes_use_ordinary_file_permissions(tmp_path):
+    import os
+
+    from saekit.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "hi")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
