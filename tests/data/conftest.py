@@ -11,6 +11,16 @@ WORDS = ("the king queen lord lady speaks sleeps dreams of and to a in my thy ni
          "love death fool ghost castle storm sea moon sun").split()
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matrices gain nothing from threads, and on a busy 2-core machine OpenMP spin-waiting
+    makes them up to a thousand times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_text(n_lines: int = 200, seed: int = 0) -> str:
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(len(WORDS), (n_lines, 9), generator=gen)
