@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saekit.data.harvest import activations_and_grads
 from saekit.data.hookpoints import Hookpoint, run_captured
 from saekit.data.text import Context, collate
 from saekit.errors import SaekitError
@@ -43,6 +44,17 @@ def as_reconstructor(sae: Any) -> Reconstructor:
         out = sae(x)
         return (out[0], out[1]) if isinstance(out, tuple) else (out, None)
     return run
+
+
+class WithGradients:
+    """Splice ``sae`` encoding with the clean LM-loss gradient: x̂, f = sae(x, g) (a g-SAE at inference).
+
+    g = ∂CE/∂(hooked activation) from one extra clean forward + backward per batch, the next-token CE
+    summed over every real target (``activations_and_grads``, as ``saekit cache --grads`` stores it). It
+    uses the next-token labels, so it is an oracle-style evaluation; pass the bare SAE for β = 0 (TopK)."""
+
+    def __init__(self, sae: Any) -> None:
+        self.sae, self.cfg = sae, sae.cfg
 
 
 @contextmanager
@@ -105,13 +117,17 @@ def evaluate_splice(model: nn.Module, hp: Hookpoint, saes: dict[str, Any], ctxs:
     """Splice every SAE (or reconstructor) of ``saes`` into ``model`` at ``hp`` on ``ctxs``; one result per name.
 
     Clean, zero- and mean-ablated runs are shared between the SAEs. ``n_latents`` sizes the density
-    statistics for plain callables (an SAE brings its own ``cfg.n_latents``).
+    statistics for plain callables (an SAE brings its own ``cfg.n_latents``). An SAE wrapped in
+    ``WithGradients`` is encoded with the clean LM-loss gradient (one forward + backward per batch).
     """
     if not ctxs:
         raise SaekitError("no evaluation contexts")
     device = next(model.parameters()).device
     mean = mean_activation(model, hp, ctxs, batch_contexts).float().to(device)
-    recon = {name: as_reconstructor(s) for name, s in saes.items()}
+    batch_grads: dict[str, Tensor] = {}  # the current batch's clean gradients at the included tokens
+    recon = {name: (lambda x, s=s: s.sae(x, batch_grads["g"])) if isinstance(s, WithGradients) else as_reconstructor(s)
+             for name, s in saes.items()}
+    need_grads = any(isinstance(s, WithGradients) for s in saes.values())
     sizes = {name: (s.cfg.n_latents if hasattr(s, "cfg") else (n_latents or {}).get(name, 0)) for name, s in saes.items()}
     stats = {name: ReconstructionStats(max(sizes[name], 1)) for name in saes}
     has_codes = dict.fromkeys(saes, False)
@@ -127,6 +143,9 @@ def evaluate_splice(model: nn.Module, hp: Hookpoint, saes: dict[str, Any], ctxs:
         targets = ids[:, 1:][sel]
         count += int(sel.sum())
         clean = _logprobs(model, ids, attn, sel)
+        if need_grads:
+            with torch.enable_grad():  # the loss is formed outside the forward's own enable_grad
+                batch_grads["g"] = activations_and_grads(model, hp, ids, attn)[1][mask].float()
 
         def account(key: str, fn: Callable[[Tensor], Tensor] | None) -> None:
             with replaced(hp, mask, fn):
