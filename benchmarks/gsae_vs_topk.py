@@ -163,8 +163,7 @@ def report(args) -> None:
             steer[name] = json.loads(p.read_text())
     atomic_write_json(Path(args.out) / "gsae_vs_topk.json", clean_json({"table": table, "steer": steer,
                                                                          "args": vars(args)}))
-    for row in table:
-        print(" | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    print(markdown(table, steer, args))
     # plot 1: ΔCE and KL vs k, per variant
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for metric, ax in zip(("delta_ce", "kl", "fvu_eval_store"), axes):
@@ -204,6 +203,42 @@ def report(args) -> None:
         plt.close(fig)
 
 
+def _f(v) -> str:
+    return "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def markdown(table: list[dict], steer: dict, args) -> str:
+    """The tables of results/gsae_vs_topk.md."""
+    cols = ["sae", "inference", "l0", "delta_ce", "kl", "loss_recovered", "fvu_eval_store", "dead_eval_store",
+            "dead_train_window"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_f(r[c]) for c in cols) + " |" for r in sorted(table, key=lambda r: (r["k"], r["sae"]))]
+    r0 = table[0]
+    lines.append(f"\nCE clean {r0['ce_clean']:.4f}, zero-ablation {r0['ce_zero']:.4f}, mean-ablation {r0['ce_mean']:.4f}")
+    if steer:
+        from scipy.stats import mannwhitneyu
+
+        lines += ["", "| sae | latents | reached κ | median effect@κ | mean effect@κ | "
+                  + " | ".join(f"median KL α={a:g}" for a in args.alphas) + " | "
+                  + " | ".join(f"median effect α={a:g}" for a in args.alphas) + " |",
+                  "|" + "---|" * (5 + 2 * len(args.alphas))]
+        vals = {}
+        for name, res in steer.items():
+            v = [r["effect_at_kl"] for r in res["latents"] if r["effect_at_kl"] is not None]
+            vals[name] = v
+            kl = torch.tensor([r["kl"] for r in res["latents"]]).median(0).values.tolist()
+            eff = torch.tensor([r["effect"] for r in res["latents"]]).median(0).values.tolist()
+            sm = res["summary"]
+            lines.append(f"| {name} | {sm['n_latents']} | {sm['n_reached_budget']} | {_f(sm['median_effect_at_kl'])} | "
+                         f"{_f(sm['mean_effect_at_kl'])} | " + " | ".join(_f(x) for x in kl) + " | "
+                         + " | ".join(_f(x) for x in eff) + " |")
+        if len(vals) == 2 and all(len(v) > 0 for v in vals.values()):
+            a, b = vals.values()
+            lines.append(f"\nMann-Whitney U (two-sided) on effect@κ, {' vs '.join(vals)}: "
+                         f"p = {mannwhitneyu(a, b).pvalue:.3g}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", default="runs/gsae/store")
@@ -212,7 +247,7 @@ def main() -> None:
     p.add_argument("--ks", type=int, nargs="+", default=[16, 32])
     p.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     p.add_argument("--width", type=int, default=2304)
-    p.add_argument("--steps", type=int, default=320)
+    p.add_argument("--steps", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=20)
