@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import CONFIGS, rss_now_kb, trained_bias, warm_runtime  # noqa: E402
+from train_step import CONFIGS, reset_peak_rss, rss_now_kb, trained_bias, warm_runtime  # noqa: E402
 
 
 def child(arch: str, config: str, steps: int, threads: int) -> dict:
@@ -46,6 +46,8 @@ def child(arch: str, config: str, steps: int, threads: int) -> dict:
             del z
     opt = make_optimizer(sae, TrainConfig(lr=1e-4))
     tracker = DeadLatentTracker(c["n_latents"])
+    del x0
+    reset_peak_rss()  # the peak covers the training steps, not the setup
     series, l0 = [], 0.0
     for i in range(steps):
         x = torch.randn(c["batch"], c["d_in"], generator=gen)

@@ -32,7 +32,7 @@ def _saelens(spec: dict, c: dict, trained_bias):
     else:
         return None
     betas = (0.0, 0.999) if arch == "gated" else (0.9, 0.999)
-    opt = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=betas)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-6, betas=betas)  # tiny: sparsity holds
     coefficients = {name: (v.value if isinstance(v, TrainCoefficientConfig) else v)
                     for name, v in sae.get_coefficients().items()}
     dead = torch.zeros(m, dtype=torch.bool)
@@ -69,7 +69,7 @@ def _sparsify(spec: dict, c: dict, trained_bias):
     if spec["arch"] != "topk":
         return None
     sae = SparseCoder(c["d_in"], SparseCoderConfig(num_latents=c["n_latents"], k=c["k"]), device="cpu")
-    opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / (sae.num_latents / 2**14) ** 0.5)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-6)  # their default is 2e-4/sqrt(M/2^14); tiny here
 
     def step(x):
         sae.set_decoder_norm_to_unit_norm()
@@ -84,7 +84,7 @@ def _sparsify(spec: dict, c: dict, trained_bias):
     return sae, None, step
 
 
-def run(spec: dict, c: dict, timed, rss_now_kb, trained_bias) -> dict:
+def run(spec: dict, c: dict, timed, rss_now_kb, trained_bias, reset_peak_rss) -> dict:
     base = rss_now_kb()
     built = (_saelens if spec["lib"] == "saelens" else _sparsify)(spec, c, trained_bias)
     if built is None:
@@ -94,6 +94,7 @@ def run(spec: dict, c: dict, timed, rss_now_kb, trained_bias) -> dict:
     if spec["sparsity"] == "trained" and set_trained is not None:
         set_trained(x)
     last = {}
+    reset_peak_rss()
 
     def one():
         last.pop("codes", None)

@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = {"big": dict(d_in=576, n_latents=9216, batch=4096, k=32),
            "small": dict(d_in=64, n_latents=512, batch=512, k=8)}
 PEERS_PYTHON = HERE / ".venv-peers" / "bin" / "python"
+LR = 1e-6  # tiny, so that the sparsity set up for a configuration holds while it is timed (cost is lr-free)
 
 
 def rss_now_kb() -> int:
@@ -36,6 +37,16 @@ def rss_now_kb() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux clear_refs 5), so that the peak
+    reported covers the timed steps and not the setup (e.g. the quantiles that set trained sparsity)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def warm_runtime(arch: str) -> None:
@@ -97,20 +108,25 @@ def child_saekit(spec: dict) -> dict:
             bias = sae.b_gate if spec["arch"] == "gated" else sae.b_enc
             bias.copy_(trained_bias(z, c["k"]))
             del z
-    opt = make_optimizer(sae, TrainConfig())
+    opt = make_optimizer(sae, TrainConfig(lr=LR))
     dead = torch.zeros(c["n_latents"], dtype=torch.bool) if hasattr(sae.cfg, "dead_tokens") else None
     grads = torch.randn(x.shape, generator=gen) if sae.needs_gradients else None  # g-SAE: LM gradients
     last = {}
+    reset_peak_rss()
 
     def step():
         last.pop("out", None)  # a loop that keeps no earlier step's output
         last["out"] = train_step(sae, opt, x, sparsity_scale=1.0, dead_mask=dead, grads=grads, grad_clip=1.0)
 
     times = timed(step, spec["steps"], spec["warmup"])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     l0 = float((last["out"].codes != 0).sum(dim=1).float().mean())
+    # the floor measured here and now (same process, same machine load): encoder-forward matmul + Adam
+    enc, buf = sae.encoder_weight().detach(), torch.empty(c["batch"], c["n_latents"])
+    floor = timed(lambda: (torch.mm(x, enc.T, out=buf), opt.step()), max(5, spec["steps"] // 2), 1)
     n_params = sum(p.numel() for p in sae.parameters())
     budget = 4 * (3 * n_params + c["batch"] * (c["d_in"] + c["n_latents"]))
-    return dict(times=times, l0=l0, base_rss_kb=base, budget_bytes=budget)
+    return dict(times=times, l0=l0, base_rss_kb=base, budget_bytes=budget, floor=floor, peak_kb=peak)
 
 
 def child_reference(spec: dict) -> dict:
@@ -151,7 +167,7 @@ def child_peer(spec: dict) -> dict:
     sys.path.insert(0, str(HERE))
     import peer_steps  # only importable in the peers' environment
 
-    return peer_steps.run(spec, CONFIGS[spec["config"]], timed, rss_now_kb, trained_bias)
+    return peer_steps.run(spec, CONFIGS[spec["config"]], timed, rss_now_kb, trained_bias, reset_peak_rss)
 
 
 def child_main(spec: dict) -> None:
@@ -160,7 +176,7 @@ def child_main(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     kind = spec["kind"]
     result = {"reference": child_reference, "saekit": child_saekit, "peer": child_peer}[kind](spec)
-    result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["maxrss_kb"] = result.pop("peak_kb", None) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print("RESULT " + json.dumps(result))
 
 
@@ -188,6 +204,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peers", action="store_true", help="also time SAELens and sparsify (benchmarks/.venv-peers)")
+    ap.add_argument("--peer-libs", default="saelens,sparsify", help="which peers --peers runs")
+    ap.add_argument("--sparsities", default="early,trained", help="for L1 architectures")
     ap.add_argument("--json", default="", help="write all raw results here")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -208,12 +226,13 @@ def main() -> None:
         mm = med(ref["matmuls"])
         for arch in archs:
             floor = med(ref["enc_fwd"]) + med(ref[f"adam_{arch}"])
-            sparsities = ["early", "trained"] if arch in ("relu", "gated") else ["-"]
+            sparsities = args.sparsities.split(",") if arch in ("relu", "gated") else ["-"]
             jobs = [("saekit", mode, s) for s in sparsities for mode in args.kernels.split(",")
                     if not (mode == "dense" and s == "early")]  # early codes are dense: auto takes dense
-            if args.peers:
+            if args.peers and arch in ("relu", "gated", "topk"):
                 # the peers' step costs the same at any sparsity (dense matmuls; sparsify is TopK-only)
-                jobs += [(lib, "-", sparsities[-1]) for lib in ("saelens", "sparsify") if lib != "sparsify" or arch == "topk"]
+                jobs += [(lib, "-", sparsities[-1]) for lib in args.peer_libs.split(",")
+                         if lib != "sparsify" or arch == "topk"]
             for lib, mode, sparsity in jobs:
                 spec = dict(common, config=config, arch=arch, sparsity=sparsity if sparsity != "-" else "trained",
                             kernels=mode if mode != "-" else "auto")
@@ -230,7 +249,7 @@ def main() -> None:
                     row.update(tok_s=CONFIGS[config]["batch"] / t, step_s=t, l0=res.get("l0"),
                                rss_mb=res["maxrss_kb"] / 1024,
                                rss_over_base_mb=(res["maxrss_kb"] - res.get("base_rss_kb", 0)) / 1024,
-                               vs_matmuls=t / mm, vs_floor=t / floor,
+                               vs_matmuls=t / mm, vs_floor=t / (med(res["floor"]) if "floor" in res else floor),
                                budget_ratio=((res["maxrss_kb"] - res["base_rss_kb"]) * 1024 / res["budget_bytes"]
                                              if "budget_bytes" in res else None))
                 rows.append(row)
