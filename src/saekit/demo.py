@@ -26,13 +26,15 @@ class DemoCommand:
     out_dir: Path = Path("runs/demo")
     """Where runs are written (the activation store is kept and reused; SAE runs are replaced)."""
     steps: int = 0
-    """Training steps per SAE; 0 uses the mode's default (lm 600, synthetic 400)."""
+    """Training steps per SAE; 0 uses the mode's default (lm 500, synthetic 400)."""
     hookpoint: str = "resid_post.9"
     """lm: where to read activations in SmolLM2-135M (30 blocks)."""
-    train_tokens: int = 131072
-    """lm: training tokens harvested into the store."""
-    eval_tokens: int = 32768
+    train_tokens: int = 98304
+    """lm: training tokens harvested into the store (the SAE trains several epochs over them)."""
+    eval_tokens: int = 16384
     """lm: held-out tokens harvested for evaluation."""
+    splice_contexts: int = 16
+    """lm: held-out contexts on which the reconstruction is spliced into the model (loss recovered, KL)."""
     l1_coeff: float = 3.0
     """lm: the Gated SAE's sparsity coefficient."""
 
@@ -78,6 +80,7 @@ def lm_demo(cmd: DemoCommand) -> list[dict]:
     from saekit.data.models import load_model
     from saekit.data.store import open_store_source
     from saekit.eval.reconstruction import evaluate_reconstruction
+    from saekit.eval.splice import splice_saes
     from saekit.train.trainer import train
 
     start = time.perf_counter()
@@ -89,20 +92,22 @@ def lm_demo(cmd: DemoCommand) -> list[dict]:
         t0 = time.perf_counter()
         cache(CacheConfig(lm=lm, out=str(store), split=split, max_tokens=tokens), model, tokenizer)
         print(f"harvested {split} activations in {time.perf_counter() - t0:.1f} s", flush=True)
-    del model
     out = cmd.out_dir / "gated"
     shutil.rmtree(out, ignore_errors=True)
     cfg = TrainConfig(sae=SAEConfig(architecture="gated", expansion_factor=4, l1_coeff=cmd.l1_coeff),
-                      data=DataConfig(source="store", store=str(store)), steps=cmd.steps or 600, batch_size=2048,
+                      data=DataConfig(source="store", store=str(store)), steps=cmd.steps or 500, batch_size=2048,
                       lr=1e-3, log_every=20, ckpt_every=100, resample_every=150, out_dir=str(out))
     t0 = time.perf_counter()
     sae = train(cfg)
     seconds = time.perf_counter() - t0
     summary, _ = evaluate_reconstruction(sae, open_store_source(store, "eval"), cmd.eval_tokens, 4096)
+    spliced = splice_saes(lm, {"gated": sae}, cmd.splice_contexts, model=model, tokenizer=tokenizer)["gated"]
     print(f"total {time.perf_counter() - start:.0f} s; SAE saved to {out / 'sae'}")
     return [{"architecture": "gated", "hookpoint": cmd.hookpoint, "latents": sae.cfg.n_latents,
              "train tokens": cfg.steps * cfg.batch_size, "L0": summary["l0"], "FVU": summary["fvu"],
-             "gamma": summary["gamma"], "dead": summary["dead_fraction"], "train s": seconds}]
+             "gamma": summary["gamma"], "dead": summary["dead_fraction"],
+             "loss recovered": spliced["loss_recovered"], "dCE": spliced["delta_ce"], "KL": spliced["kl"],
+             "train s": seconds}]
 
 
 def main(argv: list[str]) -> None:
