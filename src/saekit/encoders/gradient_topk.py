@@ -61,8 +61,9 @@ class GradientTopKSAE(TopKSAE):
         return replace(cfg, grad_scale=mean_norm)
 
     def _scores(self, z: Tensor, grad: Tensor) -> Tensor:
-        effect = (grad / self.cfg.grad_scale) @ self.dictionary.W_dec.detach().T  # [B, n_latents]: d_i · ĝ
-        return z.relu() * (1 + self.cfg.beta * effect.abs())
+        effect = grad @ self.dictionary.W_dec.detach().T  # [B, n_latents]: d_i · g
+        # in place, so selection costs one [B, n_latents] temporary: ReLU(z) (1 + β |d_i · g| / grad_scale)
+        return effect.abs_().mul_(self.cfg.beta / self.cfg.grad_scale).add_(1.0).mul_(z.detach().relu())
 
     def select_indices(self, z: Tensor, x: Tensor, grad: Tensor | None) -> Tensor:
         if grad is None or self.cfg.beta == 0:

@@ -120,6 +120,7 @@ class Trainer:
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", fvu=f"{row['fvu']:.3f}")
+                del out, batch  # free this step's codes before the next step allocates its own
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == cfg.steps:
                     self.checkpoint()
         bar.close()
