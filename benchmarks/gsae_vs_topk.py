@@ -16,7 +16,8 @@ Example (what results/gsae_vs_topk.md reports):
   python benchmarks/gsae_vs_topk.py --phases recon splice     (in parallel with the two --phases steer runs below)
   python benchmarks/gsae_vs_topk.py --phases steer --steer topk_k32
   python benchmarks/gsae_vs_topk.py --phases steer --steer gsae_k32_b1
-  python benchmarks/gsae_vs_topk.py --phases report
+  python benchmarks/gsae_vs_topk.py --ks 16 32 --betas 8 32 --tag _bigbeta --phases train recon splice
+  python benchmarks/gsae_vs_topk.py --betas 0.5 1 2 8 32 --phases report
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def sae_dir(args, name: str) -> Path:
 
 @torch.no_grad()
 def recon_all(args) -> dict:
-    path = Path(args.work) / "recon.json"
+    path = Path(args.work) / f"recon{args.tag}.json"
     done = json.loads(path.read_text()) if path.is_file() else {}
     reader = StoreSource(store_split_path(args.store, "eval"))
     if not reader.has_grads:
@@ -97,7 +98,7 @@ def splice_all(args) -> dict:
     from saekit.data.hookpoints import resolve_hookpoint
     from saekit.data.models import load_model
 
-    path = Path(args.work) / "splice.json"
+    path = Path(args.work) / f"splice{args.tag}.json"
     if path.is_file():
         return json.loads(path.read_text())
     lm = lm_settings(DataConfig(source="store", store=args.store))
@@ -111,11 +112,24 @@ def splice_all(args) -> dict:
         else:
             saes[name + "+grads"], saes[name + "@beta0"] = WithGradients(sae), sae
     ctxs = held_out_contexts(tok, lm.corpus, lm.text_column, lm.context_length, lm.eval_fraction, args.splice_contexts)
-    res = evaluate_splice(model, hp, saes, ctxs, args.splice_batch_contexts)
-    for r in res.values():
-        r.pop("density_histogram", None)
+    # chunks of contexts evaluated separately, so paired differences between SAEs get a standard error
+    step = args.splice_batch_contexts
+    chunks = [evaluate_splice(model, hp, saes, ctxs[i:i + step], step) for i in range(0, len(ctxs), step)]
+    res = {name: aggregate([c[name] for c in chunks]) for name in saes}
     atomic_write_json(path, clean_json(res))
     return res
+
+
+def aggregate(parts: list[dict]) -> dict:
+    """Token-weighted CE/KL over chunks; ΔCE, loss recovered from the pooled CEs; per-chunk ΔCE and KL kept."""
+    n = sum(p["ce_tokens"] for p in parts)
+    mean = {k: sum(p[k] * p["ce_tokens"] for p in parts) / n
+            for k in ("ce_clean", "ce_sae", "ce_zero", "ce_mean_ablation", "kl", "kl_zero", "kl_mean_ablation", "fvu")}
+    return {"ce_tokens": n, **mean, "delta_ce": mean["ce_sae"] - mean["ce_clean"],
+            "loss_recovered": (mean["ce_zero"] - mean["ce_sae"]) / (mean["ce_zero"] - mean["ce_clean"]),
+            "loss_recovered_mean_ablation": (mean["ce_mean_ablation"] - mean["ce_sae"]) / (mean["ce_mean_ablation"] - mean["ce_clean"]),
+            "chunk_tokens": [p["ce_tokens"] for p in parts], "chunk_delta_ce": [p["delta_ce"] for p in parts],
+            "chunk_kl": [p["kl"] for p in parts]}
 
 
 def steer_all(args) -> None:
@@ -140,8 +154,15 @@ def report(args) -> None:
 
     work, figs = Path(args.work), Path(args.out) / "gsae_vs_topk"
     figs.mkdir(parents=True, exist_ok=True)
-    recon = json.loads((work / "recon.json").read_text())
-    splice = json.loads((work / "splice.json").read_text())
+    recon, splice = {}, {}  # every recon*.json / splice*.json under --work (runs with different --tag)
+    for p in sorted(work.glob("recon*.json")):
+        recon.update(json.loads(p.read_text()))
+    for p in sorted(work.glob("splice*.json")):
+        part = json.loads(p.read_text())
+        base = {"ce_clean", "ce_zero", "ce_mean_ablation"}
+        if splice and any(abs(next(iter(splice.values()))[c] - next(iter(part.values()))[c]) > 1e-6 for c in base):
+            raise SaekitError(f"{p} was measured on other contexts than the other splice files")
+        splice.update(part)
     train_dead = {}
     for name in names(args):
         rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines() if line]
@@ -155,7 +176,8 @@ def report(args) -> None:
                       "delta_ce": s["delta_ce"], "kl": s["kl"], "loss_recovered": s["loss_recovered"],
                       "fvu_splice": s["fvu"], "fvu_eval_store": r.get("fvu"), "l0": r.get("l0"),
                       "dead_eval_store": r.get("dead_fraction"), "dead_train_window": train_dead[base],
-                      "ce_clean": s["ce_clean"], "ce_zero": s["ce_zero"], "ce_mean": s["ce_mean_ablation"]})
+                      "ce_clean": s["ce_clean"], "ce_zero": s["ce_zero"], "ce_mean": s["ce_mean_ablation"],
+                      "chunk_delta_ce": s.get("chunk_delta_ce")})
     steer = {}
     for name in args.steer:
         p = work / name / "steer.json"
@@ -211,8 +233,15 @@ def markdown(table: list[dict], steer: dict, args) -> str:
     """The tables of results/gsae_vs_topk.md."""
     cols = ["sae", "inference", "l0", "delta_ce", "kl", "loss_recovered", "fvu_eval_store", "dead_eval_store",
             "dead_train_window"]
+    topk = {r["k"]: r for r in table if r["inference"] == "topk"}
+    for r in table:  # paired ΔCE difference to TopK at the same k, mean ± SE over context chunks
+        base = topk.get(r["k"])
+        if base is not None and r["chunk_delta_ce"] and r is not base:
+            d = torch.tensor(r["chunk_delta_ce"]) - torch.tensor(base["chunk_delta_ce"])
+            r["dce_vs_topk"] = f"{d.mean().item():+.4f} ± {d.std().item() / math.sqrt(len(d)):.4f}"
+    cols.insert(4, "dce_vs_topk")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_f(r[c]) for c in cols) + " |" for r in sorted(table, key=lambda r: (r["k"], r["sae"]))]
+    lines += ["| " + " | ".join(_f(r.get(c)) for c in cols) + " |" for r in sorted(table, key=lambda r: (r["k"], r["sae"]))]
     r0 = table[0]
     lines.append(f"\nCE clean {r0['ce_clean']:.4f}, zero-ablation {r0['ce_zero']:.4f}, mean-ablation {r0['ce_mean']:.4f}")
     if steer:
@@ -245,7 +274,7 @@ def main() -> None:
     p.add_argument("--work", default="runs/gsae/sweep")
     p.add_argument("--out", default="results")
     p.add_argument("--ks", type=int, nargs="+", default=[16, 32])
-    p.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    p.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 8.0, 32.0])
     p.add_argument("--width", type=int, default=2304)
     p.add_argument("--steps", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=512)
@@ -253,16 +282,17 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--dead-tokens", type=int, default=32512, help="AuxK and dead-fraction window (tokens)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--splice-contexts", type=int, default=8)
-    p.add_argument("--splice-batch-contexts", type=int, default=4)
-    p.add_argument("--steer", nargs="*", default=["topk_k32", "gsae_k32_b1"])
-    p.add_argument("--steer-latents", type=int, default=12)
+    p.add_argument("--splice-contexts", type=int, default=16)
+    p.add_argument("--splice-batch-contexts", type=int, default=2)
+    p.add_argument("--steer", nargs="*", default=["topk_k32", "gsae_k32_b1", "gsae_k32_b32"])
+    p.add_argument("--steer-latents", type=int, default=32)
     p.add_argument("--alphas", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4])
     p.add_argument("--calib-alpha", type=float, default=0.2)
     p.add_argument("--kl-budget", type=float, default=0.25)
     p.add_argument("--calib-contexts", type=int, default=2)
-    p.add_argument("--eval-contexts", type=int, default=3)
+    p.add_argument("--eval-contexts", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tag", default="", help="suffix of recon/splice JSON files, for a later batch of SAEs")
     p.add_argument("--phases", nargs="+", default=["train", "recon", "splice", "steer", "report"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
