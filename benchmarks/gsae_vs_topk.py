@@ -194,8 +194,9 @@ def report(args) -> None:
             pts = sorted((r["k"], r[metric]) for r in table
                          if r["sae"].split("_k")[0] == arch and r["beta"] == beta and r["inference"] == inf)
             label = "TopK" if arch == "topk" else f"g-SAE β={beta:g} ({inf})"
+            style = {"color": "k", "lw": 2.5, "zorder": 5} if arch == "topk" else {}
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ls="-" if inf != "beta=0" else "--",
-                    label=label)
+                    label=label, **style)
         ax.set_xlabel("k")
         ax.set_title(metric)
         ax.set_xticks(args.ks)
