@@ -12,7 +12,7 @@ hooked block when only activations are needed, and (2) replace the activation by
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +134,24 @@ def capture(hp: Hookpoint, stop_early: bool = False, leaf: bool = False) -> Iter
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def edited(hp: Hookpoint, edit: Callable[[Tensor], Tensor] | None) -> Iterator[None]:
+    """Inside the block, the hooked output is replaced by ``edit(output)`` (splicing, steering); None: no hook."""
+    if edit is None:
+        yield
+        return
+
+    def on_module(_m: nn.Module, _inp: Any, output: Any) -> Any:
+        new = edit(_first(output))
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    handle = hp.module.register_forward_hook(on_module)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def run_captured(model: nn.Module, hp: Hookpoint, input_ids: Tensor, attention_mask: Tensor | None = None,

@@ -19,8 +19,8 @@ the SAE metrics (L0, FVU, γ, densities) are over the included tokens.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saekit.data.harvest import activations_and_grads
-from saekit.data.hookpoints import Hookpoint, run_captured
+from saekit.data.hookpoints import Hookpoint, edited, run_captured
 from saekit.data.text import Context, collate
 from saekit.errors import SaekitError
 from saekit.eval.metrics import ReconstructionStats
@@ -57,24 +57,17 @@ class WithGradients:
         self.sae, self.cfg = sae, sae.cfg
 
 
-@contextmanager
-def replaced(hp: Hookpoint, mask: Tensor, fn: Callable[[Tensor], Tensor] | None) -> Iterator[None]:
+def replaced(hp: Hookpoint, mask: Tensor, fn: Callable[[Tensor], Tensor] | None) -> AbstractContextManager[None]:
     """While inside, the hooked output at ``mask`` [B, T] positions becomes ``fn(rows)``; None: no hook."""
     if fn is None:
-        yield
-        return
+        return edited(hp, None)
 
-    def hook(_m: nn.Module, _inp: Any, output: Any) -> Any:
-        act = output[0] if isinstance(output, (tuple, list)) else output
+    def edit(act: Tensor) -> Tensor:
         new = act.clone()
         new[mask] = fn(act[mask].float()).to(act.dtype)
-        return (new, *output[1:]) if isinstance(output, tuple) else new
+        return new
 
-    handle = hp.module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return edited(hp, edit)
 
 
 def _logprobs(model: nn.Module, ids: Tensor, attn: Tensor, sel: Tensor) -> Tensor:

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -38,7 +37,7 @@ import tyro
 from torch import Tensor, nn
 
 from saekit.config import DataConfig
-from saekit.data.hookpoints import Hookpoint, capture
+from saekit.data.hookpoints import Hookpoint, capture, edited
 from saekit.data.text import Context, collate
 from saekit.errors import SaekitError
 
@@ -77,23 +76,9 @@ class SteerCommand:
     """Device for the model and the SAE."""
 
 
-@contextmanager
-def added(hp: Hookpoint, delta: Tensor | None) -> Iterator[None]:
+def added(hp: Hookpoint, delta: Tensor | None) -> AbstractContextManager[None]:
     """While inside, the hooked output gets ``delta`` [B, T, d] added (None: no hook)."""
-    if delta is None:
-        yield
-        return
-
-    def hook(_m: nn.Module, _inp: Any, output: Any) -> Any:
-        act = output[0] if isinstance(output, (tuple, list)) else output
-        new = act + delta.to(act.dtype)
-        return (new, *output[1:]) if isinstance(output, tuple) else new
-
-    handle = hp.module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return edited(hp, None if delta is None else (lambda act: act + delta.to(act.dtype)))
 
 
 def _batches(model: nn.Module, ctxs: list[Context], n: int) -> list[tuple[Tensor, Tensor, Tensor]]:
