@@ -15,6 +15,7 @@ from saekit.data.text import pack
 from saekit.errors import SaekitError
 from saekit.eval.splice import density_histogram, evaluate_splice, held_out_contexts, splice_saes
 from saekit.sae import build_sae
+from tiny_lm import tiny_llama, word_tokenizer
 
 WORDS = "the king queen lord lady speaks sleeps of and to a in my thy night day sword crown love sea".split()
 D = 32
@@ -28,25 +29,12 @@ def text(n_lines: int, seed: int = 0) -> str:
 
 @pytest.fixture(scope="module")
 def tok():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<unk>", "<bos>", "<eos>", "<pad>", *WORDS])}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<bos>",
-                                   eos_token="<eos>", pad_token="<pad>")
+    return word_tokenizer(WORDS)
 
 
 @pytest.fixture(scope="module")
 def model(tok):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=D, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    m = LlamaForCausalLM(cfg).eval()
+    m = tiny_llama(tok, hidden=D, max_positions=64)
     m.requires_grad_(False)
     return m
 

@@ -86,19 +86,11 @@ def test_grid_and_config_file(tmp_path):
 def test_lm_sweep_caches_once_and_splices(tmp_path):
     """data.source=lm: one store is harvested, every point trains from it, loss recovered is measured."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tiny_lm import tiny_llama, word_tokenizer
 
     words = "the king queen lord lady speaks of and to a in my night day sword crown".split()
-    vocab = {w: i for i, w in enumerate(["<unk>", "<bos>", "<eos>", "<pad>", *words])}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>",
-                                  pad_token="<pad>")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                         max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=3))
+    tok = word_tokenizer(words)
+    model = tiny_llama(tok, hidden=16, intermediate=32, heads=2, kv_heads=1, max_positions=64)
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     gen = torch.Generator().manual_seed(0)

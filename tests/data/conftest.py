@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_lm import tiny_llama, word_tokenizer
 
 WORDS = ("the king queen lord lady speaks sleeps dreams of and to a in my thy night day sword crown "
          "love death fool ghost castle storm sea moon sun").split()
@@ -29,27 +30,12 @@ def make_text(n_lines: int = 200, seed: int = 0) -> str:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<bos>", "<eos>", "<pad>"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS)}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<bos>",
-                                   eos_token="<eos>", pad_token="<pad>")
+    return word_tokenizer(WORDS)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id)
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(tokenizer)
     model.requires_grad_(False)
     return model
 

@@ -140,7 +140,7 @@ class Trainer:
         lr = cfg.lr * lr_factor(self.step, cfg, self.last_resample)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        dead_mask = self.tracker.dead(sae.cfg.dead_tokens) if hasattr(sae.cfg, "dead_tokens") else None
+        dead_mask = self.tracker.dead(sae.cfg.dead_tokens)  # AuxK reads it; L1 architectures ignore it
         out = train_step(sae, self.optimizer, x, sparsity_scale=sparsity_factor(self.step, cfg), dead_mask=dead_mask,
                          grads=grads, grad_clip=cfg.grad_clip, step=self.step)
         self.tracker.update(out.codes)
