@@ -11,7 +11,7 @@ import torch
 from saekit import kernels
 from saekit.config import SAEConfig
 from saekit.errors import SaekitError
-from saekit.sae import available_architectures, build_sae
+from saekit.sae import LossOutput, available_architectures, build_sae
 
 D, M, B = 24, 96, 64
 
@@ -124,7 +124,7 @@ def test_bad_mode_is_refused() -> None:
         SAEConfig(architecture="topk", d_in=4, n_latents=8, kernels="fast").validate()
 
 
-def test_workspace_never_overwrites_held_codes() -> None:
+def test_workspace_never_overwrites_held_codes() -> None:  # codes never live in reused memory
     sae = _sae("topk", "sparse")
     x = torch.randn(B, D, generator=torch.Generator().manual_seed(10))
     first = sae.loss(x).codes
@@ -142,3 +142,61 @@ def test_gradient_topk_with_gradients_matches_dense() -> None:
     gen = torch.Generator().manual_seed(11)
     x, g = torch.randn(B, D, generator=gen), torch.randn(B, D, generator=gen)
     _compare("gradient_topk", x, cfg={"k": 6}, grad=g)
+
+
+@pytest.mark.parametrize("arch", ["relu", "gated", "topk", "gradient_topk"])
+def test_many_chunks_match_dense(arch: str, monkeypatch) -> None:
+    """The pre-activations come a chunk of tokens at a time (here 11 chunks of 6 rows): same results."""
+    monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", 6 * M)
+    gen = torch.Generator().manual_seed(12)
+    x, g = torch.randn(B, D, generator=gen), torch.randn(B, D, generator=gen)
+    dead = torch.zeros(M, dtype=torch.bool)
+    dead[1::4] = True
+    kw = {"grad": g} if arch == "gradient_topk" else {}
+    if arch in ("topk", "gradient_topk"):
+        kw.update(cfg={"k": 5, "k_aux": 4}, dead_mask=dead)
+    _compare(arch, x, **kw)
+
+
+def test_sparse_step_holds_no_batch_sized_buffer(monkeypatch) -> None:
+    monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", 8 * M)
+    for arch in ("relu", "gated", "topk", "gradient_topk"):
+        sae = _sae(arch, "sparse")
+        gen = torch.Generator().manual_seed(13)
+        x, g = torch.randn(B, D, generator=gen), torch.randn(B, D, generator=gen)
+        out = sae.loss(x, grad=g if arch == "gradient_topk" else None)
+        out.loss.backward()
+        assert isinstance(out._codes, kernels.SparseCodes), arch
+        scratch = sae.__dict__["_kernel_scratch"]
+        assert scratch and all(buf.numel() <= 8 * M for buf in scratch.values()), arch
+
+
+def test_sparse_codes_hand_case() -> None:
+    """Entries (0,1)=2, (0,3)=0 (selected but zero), (2,0)=−1 of a 3x4 code matrix."""
+    p = kernels.Pattern.from_rows(torch.tensor([0, 0, 2]), torch.tensor([1, 3, 0]), 3, 4)
+    codes = kernels.SparseCodes(p, torch.tensor([2.0, 0.0, -1.0]))
+    assert p.offsets.tolist() == [0, 2, 2]
+    assert torch.equal(codes.to_dense(), torch.tensor([[0.0, 2, 0, 0], [0, 0, 0, 0], [-1, 0, 0, 0]]))
+    assert codes.fired().tolist() == [True, True, False, False]
+    assert codes.l0() == pytest.approx(2 / 3)
+    out = LossOutput(torch.tensor(0.0), {}, codes, torch.zeros(3, 2))
+    dense_out = LossOutput(torch.tensor(0.0), {}, codes.to_dense(), torch.zeros(3, 2))
+    assert torch.equal(out.fired(), dense_out.fired()) and out.l0() == pytest.approx(dense_out.l0())
+    assert torch.equal(out.codes, dense_out.codes)
+
+
+def test_gather_gives_the_input_its_gradient_when_it_needs_one() -> None:
+    """Activations normally need no gradient; when they do, the sparse gather still returns it."""
+    gen = torch.Generator().manual_seed(14)
+    x = torch.randn(9, 5, generator=gen, requires_grad=True)
+    b_dec = torch.randn(5, generator=gen, requires_grad=True)
+    w, b = torch.randn(7, 5, generator=gen, requires_grad=True), torch.randn(7, generator=gen, requires_grad=True)
+    z = (x - b_dec) @ w.T + b
+    p = kernels.Pattern.above(z.detach(), 0.3)
+    sparse = kernels.gather_preacts(x, b_dec, w, b, p, p.gather(z.detach()))
+    weights = torch.randn(p.nnz, generator=gen)
+    grads_s = torch.autograd.grad((sparse * weights).sum(), (x, b_dec, w, b))
+    dense = torch.zeros_like(z).index_put_((p.rows, p.cols), weights)
+    grads_d = torch.autograd.grad((z * dense).sum(), (x, b_dec, w, b))
+    for gs, gd in zip(grads_s, grads_d):
+        torch.testing.assert_close(gs, gd)

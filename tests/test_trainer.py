@@ -16,6 +16,7 @@ from saekit.config import DataConfig, SAEConfig, SyntheticConfig, TrainConfig
 from saekit.data.source import Batch
 from saekit.errors import SaekitError
 from saekit.eval.recovery import dictionary_mcc
+from saekit.sae import LossOutput
 from saekit.train.dead_latents import DeadLatentTracker, resample_dead_latents
 from saekit.train.initialisation import geometric_median, input_scale
 from saekit.train.schedules import lr_factor, sparsity_factor
@@ -59,8 +60,9 @@ def test_input_scale_makes_mean_squared_norm_d():
 
 def test_dead_latent_tracker_counts_tokens():
     tracker = DeadLatentTracker(3)
-    tracker.update(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
-    tracker.update(torch.tensor([[0.0, 0.0, 2.0]]))
+    for codes in (torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 2.0]])):
+        out = LossOutput(torch.tensor(0.0), {}, codes, codes)
+        tracker.update(out.fired(), codes.shape[0])
     assert tracker.tokens_since_fired.tolist() == [1, 3, 0]
     assert tracker.dead(3).tolist() == [False, True, False]
 

@@ -45,5 +45,6 @@ class Dictionary(nn.Module):
         g = self.W_dec.grad
         if g is None:
             return
-        unit = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        g.sub_((g * unit).sum(dim=1, keepdim=True) * unit)
+        W = self.W_dec
+        dots = torch.bmm(g.unsqueeze(1), W.unsqueeze(2)).view(-1, 1)  # g_i · d_i without a [n_latents, d_in] product
+        g.addcmul_(W, dots / W.norm(dim=1, keepdim=True).square().clamp_min(1e-24), value=-1.0)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from saekit.kernels import SparseCodes, chunk_rows
 
 if TYPE_CHECKING:
     from saekit.config import SAEConfig
@@ -27,14 +28,39 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, type["SparseAutoencoder"]] = {}
 
 
-@dataclass
 class LossOutput:
-    """A training step's loss, its named terms (for logging), the codes and the reconstruction."""
+    """A training step's loss, its named terms (for logging), the codes and the reconstruction.
 
-    loss: Tensor
-    terms: dict[str, Tensor]
-    codes: Tensor
-    x_hat: Tensor
+    The sparse kernels hand over their codes as ``SparseCodes``; ``codes`` builds the dense
+    [batch, n_latents] matrix only when asked, while ``fired`` and ``l0`` (what the trainer reads
+    every step) work on either form."""
+
+    def __init__(self, loss: Tensor, terms: dict[str, Tensor], codes: Tensor | SparseCodes, x_hat: Tensor) -> None:
+        self.loss, self.terms, self.x_hat = loss, terms, x_hat
+        self._codes = codes
+
+    @property
+    def codes(self) -> Tensor:
+        if isinstance(self._codes, SparseCodes):
+            self._codes = self._codes.to_dense()
+        return self._codes
+
+    @torch.no_grad()
+    def fired(self) -> Tensor:
+        """[n_latents] bool: the latents nonzero on at least one token of the batch."""
+        if isinstance(self._codes, SparseCodes):
+            return self._codes.fired()
+        codes = self._codes.detach()
+        fired = torch.zeros(codes.shape[-1], dtype=torch.bool, device=codes.device)
+        for block in codes.split(chunk_rows(*codes.shape)):  # no batch-sized mask
+            fired |= (block != 0).any(dim=0)
+        return fired
+
+    def l0(self) -> float:
+        """Mean number of nonzero codes per token."""
+        if isinstance(self._codes, SparseCodes):
+            return self._codes.l0()
+        return torch.count_nonzero(self._codes.detach()).item() / max(self._codes.shape[0], 1)
 
 
 @dataclass

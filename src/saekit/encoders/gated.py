@@ -7,6 +7,8 @@ where x̂_frozen uses stop-gradient copies of W_dec and b_dec.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor, nn
 
@@ -55,12 +57,15 @@ class GatedSAE(SparseAutoencoder):
         if self.cfg.kernels == "dense":
             pi_gate, pi_mag = self.gate_and_magnitude(x)
         else:
+            shut = -self.b_gate.detach()  # a gate is open where (x − b_dec) · w_gate > −b_gate
+            with torch.no_grad():
+                chunks = kernels.linear_chunks(self, x - self.dictionary.b_dec, self.W_gate)
+            first = next(chunks)
+            if kernels.use_sparse(self.cfg.kernels, kernels.sampled_density(first[1], shut)):
+                p, proj = kernels.entries_above(itertools.chain([first], chunks), shut, x.shape[0], self.cfg.n_latents)
+                return self._sparse_loss(x, p, proj, sparsity_scale)
             xc = x - self.dictionary.b_dec
-            proj = kernels.linear(xc, self.W_gate, None, kernels.workspace_of(self))
-            if kernels.use_sparse(self.cfg.kernels, kernels.sampled_density(proj, -self.b_gate.detach())):
-                return self._sparse_loss(x, xc, proj, sparsity_scale)
-            kernels.workspace_of(self).release(proj)
-            projected = kernels.attach_dense(xc, self.W_gate, None, proj)
+            projected = kernels.attach_dense(xc, self.W_gate, None, kernels.linear(xc, self.W_gate))
             pi_gate, pi_mag = projected + self.b_gate, projected * self.r_mag.exp() + self.b_mag
         f = (pi_gate > 0).to(x.dtype) * pi_mag.relu()
         x_hat = self.dictionary.decode(f)
@@ -72,14 +77,13 @@ class GatedSAE(SparseAutoencoder):
         loss = mse + sparsity_scale * self.cfg.l1_coeff * sparsity + aux
         return LossOutput(loss, {"mse": mse, "l1": sparsity, "aux": aux}, f, x_hat)
 
-    def _sparse_loss(self, x: Tensor, xc: Tensor, proj: Tensor, sparsity_scale: float) -> LossOutput:
-        """The same loss over the open gates only (proj = (x − b_dec) W_gate^T, without autograd).
+    def _sparse_loss(self, x: Tensor, p: kernels.Pattern, proj: Tensor, sparsity_scale: float) -> LossOutput:
+        """The same loss over the open gates only (p: where π_gate > 0; proj: (x − b_dec) · w_gate there).
 
         Neither path passes gradient where the gate is shut (π_gate ≤ 0 zeroes ReLU(π_gate), and the
         indicator has no gradient), so the decoder, the auxiliary pass and the encoder backward run
         on the open entries."""
-        p = kernels.Pattern.above(proj, -self.b_gate.detach())
-        projected = kernels.gather_preacts(xc, self.W_gate, None, p, p.gather(proj))
+        projected = kernels.gather_preacts(x, self.dictionary.b_dec, self.W_gate, None, p, proj)
         pi_gate = projected + self.b_gate[p.cols]
         pi_mag = projected * self.r_mag.exp()[p.cols] + self.b_mag[p.cols]
         f = (pi_gate > 0).to(x.dtype) * pi_mag.relu()
@@ -91,8 +95,7 @@ class GatedSAE(SparseAutoencoder):
         x_hat_frozen = kernels.decode(gate_act, W_dec.detach(), p) + b_dec.detach()
         aux = losses.squared_error(x, x_hat_frozen)
         loss = mse + sparsity_scale * self.cfg.l1_coeff * sparsity + aux
-        codes = proj.zero_().index_put_((p.rows, p.cols), f.detach())  # reuses proj's memory
-        return LossOutput(loss, {"mse": mse, "l1": sparsity, "aux": aux}, codes, x_hat)
+        return LossOutput(loss, {"mse": mse, "l1": sparsity, "aux": aux}, kernels.SparseCodes(p, f.detach()), x_hat)
 
     def encoder_weight(self) -> Tensor:
         return self.W_gate

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from saekit import kernels
 from saekit.encoders.topk import TopKParams, TopKSAE
 from saekit.errors import SaekitError
 from saekit.sae import register
@@ -61,9 +62,12 @@ class GradientTopKSAE(TopKSAE):
         return replace(cfg, grad_scale=mean_norm)
 
     def _scores(self, z: Tensor, grad: Tensor) -> Tensor:
-        effect = grad @ self.dictionary.W_dec.detach().T  # [B, n_latents]: d_i · g
-        # in place, so selection costs one [B, n_latents] temporary: ReLU(z) (1 + β |d_i · g| / grad_scale)
-        return effect.abs_().mul_(self.cfg.beta / self.cfg.grad_scale).add_(1.0).mul_(z.detach().relu())
+        """z (1 + β |d_i · g| / grad_scale) in two passes over a scratch buffer. Where z ≤ 0 this is ≤ 0
+        rather than ReLU(z)·(…) = 0, which changes nothing: such a latent, if picked, has code 0."""
+        effect = kernels.scratch(self, "scores", tuple(z.shape), z)
+        torch.mm(grad, self.dictionary.W_dec.detach().T, out=effect)  # [B, n_latents]: d_i · g
+        z = z.detach()
+        return torch.addcmul(z, z, effect.abs_(), value=self.cfg.beta / self.cfg.grad_scale, out=effect)
 
     def select_indices(self, z: Tensor, x: Tensor, grad: Tensor | None) -> Tensor:
         if grad is None or self.cfg.beta == 0:

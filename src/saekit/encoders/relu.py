@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -82,25 +83,25 @@ class ReluSAE(LinearEncoderMixin, SparseAutoencoder):
         if self.cfg.kernels == "dense":
             f = self.encode_scaled(x)
         else:
+            with torch.no_grad():
+                chunks = kernels.linear_chunks(self, x - self.dictionary.b_dec, self.W_enc, self.b_enc)
+            first = next(chunks)
+            if kernels.use_sparse(self.cfg.kernels, kernels.sampled_density(first[1])):
+                p, z = kernels.entries_above(itertools.chain([first], chunks), 0.0, x.shape[0], self.cfg.n_latents)
+                return self._sparse_loss(x, p, z, sparsity_scale)
             xc = x - self.dictionary.b_dec
-            z = kernels.linear(xc, self.W_enc, self.b_enc, kernels.workspace_of(self))
-            if kernels.use_sparse(self.cfg.kernels, kernels.sampled_density(z)):
-                return self._sparse_loss(x, xc, z, sparsity_scale)
-            kernels.workspace_of(self).release(z)
-            f = kernels.attach_dense(xc, self.W_enc, self.b_enc, z).relu()
+            f = kernels.attach_dense(xc, self.W_enc, self.b_enc, kernels.linear(xc, self.W_enc, self.b_enc)).relu()
         x_hat = self.dictionary.decode(f)
         mse = losses.squared_error(x, x_hat)
         sparsity = losses.weighted_l1(f, self.dictionary.atom_norms())
         loss = mse + sparsity_scale * self.cfg.l1_coeff * sparsity
         return LossOutput(loss, {"mse": mse, "l1": sparsity}, f, x_hat)
 
-    def _sparse_loss(self, x: Tensor, xc: Tensor, z: Tensor, sparsity_scale: float) -> LossOutput:
-        """The same loss over the active latents only (z: pre-activations without autograd)."""
-        p = kernels.Pattern.above(z, 0.0)
-        codes = z.relu_()  # the dense codes, detached (reuses z's memory)
-        f = kernels.gather_preacts(xc, self.W_enc, self.b_enc, p, p.gather(codes)).relu()
+    def _sparse_loss(self, x: Tensor, p: kernels.Pattern, z: Tensor, sparsity_scale: float) -> LossOutput:
+        """The same loss over the active latents only (p: where z > 0; z: their pre-activations)."""
+        f = kernels.gather_preacts(x, self.dictionary.b_dec, self.W_enc, self.b_enc, p, z).relu()
         x_hat = kernels.decode(f, self.dictionary.W_dec, p) + self.dictionary.b_dec
         mse = losses.squared_error(x, x_hat)
         sparsity = (f.abs() * self.dictionary.atom_norms()[p.cols]).sum() / x.shape[0]
         loss = mse + sparsity_scale * self.cfg.l1_coeff * sparsity
-        return LossOutput(loss, {"mse": mse, "l1": sparsity}, codes, x_hat)
+        return LossOutput(loss, {"mse": mse, "l1": sparsity}, kernels.SparseCodes(p, f.detach()), x_hat)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from saekit import kernels, losses
@@ -88,33 +89,41 @@ class TopKSAE(LinearEncoderMixin, SparseAutoencoder):
         return LossOutput(loss, terms, f, x_hat)
 
     def _sparse_loss(self, x: Tensor, grad: Tensor | None, dead_mask: Tensor | None) -> LossOutput:
-        """The same loss touching only the k selected latents per token (and AuxK's k_aux)."""
-        xc = x - self.dictionary.b_dec
-        z = kernels.linear(xc, self.W_enc, self.b_enc, kernels.workspace_of(self))
-        idx = self.select_indices(z, x, grad)
+        """The same loss touching only the k selected latents per token (and AuxK's k_aux); the
+        pre-activations are made a chunk of tokens at a time and never held for the whole batch."""
+        n, k = x.shape[0], self.cfg.k
+        idx = torch.empty((n, k), dtype=torch.long, device=x.device)
+        values = torch.empty((n, k), dtype=x.dtype, device=x.device)
+        dead = dead_mask.nonzero().squeeze(1) if dead_mask is not None and self.cfg.aux_coeff > 0 else None
+        k_aux = min(self.k_aux, dead.numel()) if dead is not None else 0
+        aux_idx = torch.empty((n, k_aux), dtype=torch.long, device=x.device)
+        aux_values = torch.empty((n, k_aux), dtype=x.dtype, device=x.device)
+        with torch.no_grad():
+            xc = x - self.dictionary.b_dec
+            for rows, z in kernels.linear_chunks(self, xc, self.W_enc, self.b_enc):
+                i = self.select_indices(z, x[rows], grad[rows] if grad is not None else None)
+                idx[rows], values[rows] = i, z.gather(1, i)
+                if k_aux:
+                    v, j = z.index_select(1, dead).topk(k_aux, dim=-1, sorted=False)
+                    aux_idx[rows], aux_values[rows] = dead[j], v
         p = kernels.Pattern.from_indices(idx, self.cfg.n_latents)
-        f = kernels.gather_preacts(xc, self.W_enc, self.b_enc, p, z.gather(1, idx).reshape(-1)).relu()
+        f = kernels.gather_preacts(x, self.dictionary.b_dec, self.W_enc, self.b_enc, p, values.view(-1)).relu()
         x_hat = kernels.decode(f, self.dictionary.W_dec, p) + self.dictionary.b_dec
         nmse = losses.normalized_mse(x, x_hat)
         terms = {"nmse": nmse}
         loss = nmse
-        if dead_mask is not None and self.cfg.aux_coeff > 0:
-            aux = self._sparse_auxk(xc, z, (x - x_hat).detach(), dead_mask)
+        if dead is not None:
+            aux = self._sparse_auxk(x, aux_idx, aux_values, (x - x_hat).detach())
             terms["auxk"] = aux
             loss = loss + self.cfg.aux_coeff * aux
-        codes = z.zero_().scatter_(1, idx, f.detach().view(idx.shape))  # reuses z's memory
-        return LossOutput(loss, terms, codes, x_hat)
+        return LossOutput(loss, terms, kernels.SparseCodes(p, f.detach()), x_hat)
 
-    def _sparse_auxk(self, xc: Tensor, z: Tensor, residual: Tensor, dead_mask: Tensor) -> Tensor:
-        """losses.auxk_loss over the dead latents' top-k_aux pre-activations only."""
-        dead = dead_mask.nonzero().squeeze(1)
-        k = min(self.k_aux, dead.numel())
-        if k == 0:
-            return z.new_zeros(())
-        values, j = z.index_select(1, dead).topk(k, dim=-1, sorted=False)
-        idx = dead[j]
+    def _sparse_auxk(self, x: Tensor, idx: Tensor, values: Tensor, residual: Tensor) -> Tensor:
+        """losses.auxk_loss over the dead latents' top-k_aux pre-activations (idx, values) only."""
+        if idx.shape[1] == 0:
+            return x.new_zeros(())
         p = kernels.Pattern.from_indices(idx, self.cfg.n_latents)
-        codes = kernels.gather_preacts(xc, self.W_enc, self.b_enc, p, values.reshape(-1)).relu()
+        codes = kernels.gather_preacts(x, self.dictionary.b_dec, self.W_enc, self.b_enc, p, values.reshape(-1)).relu()
         return losses.normalized_mse(residual, kernels.decode(codes, self.dictionary.W_dec, p))
 
     def dead_mask(self, tokens_since_fired: Tensor) -> Tensor:

@@ -15,9 +15,9 @@ class DeadLatentTracker:
         self.tokens_since_fired = torch.zeros(n_latents, dtype=torch.int64, device=device)
 
     @torch.no_grad()
-    def update(self, codes: Tensor) -> None:
-        fired = (codes != 0).any(dim=0)
-        self.tokens_since_fired += codes.shape[0]
+    def update(self, fired: Tensor, n_tokens: int) -> None:
+        """After a batch of ``n_tokens`` in which the latents ``fired`` ([n_latents] bool) were nonzero."""
+        self.tokens_since_fired += n_tokens
         self.tokens_since_fired[fired] = 0
 
     def dead(self, window_tokens: int) -> Tensor:
