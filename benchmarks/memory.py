@@ -53,9 +53,9 @@ def child(arch: str, config: str, steps: int, threads: int) -> dict:
         x = torch.randn(c["batch"], c["d_in"], generator=gen)
         dead = tracker.dead(sae.cfg.dead_tokens) if hasattr(sae.cfg, "dead_tokens") else None
         out = train_step(sae, opt, x, dead_mask=dead, grad_clip=1.0, step=i)
-        tracker.update(out.codes)
+        tracker.update(out.fired(), x.shape[0])
         if i == 0 or (i + 1) % max(steps // 10, 1) == 0:
-            l0 = float((out.codes != 0).sum(1).float().mean())
+            l0 = out.l0()
             series.append((i + 1, rss_now_kb()))
         del out
     n_params = sum(p.numel() for p in sae.parameters())

@@ -120,13 +120,18 @@ def child_saekit(spec: dict) -> dict:
 
     times = timed(step, spec["steps"], spec["warmup"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    l0 = float((last["out"].codes != 0).sum(dim=1).float().mean())
+    l0 = last["out"].l0()
     # the floor measured here and now (same process, same machine load): encoder-forward matmul + Adam
     enc, buf = sae.encoder_weight().detach(), torch.empty(c["batch"], c["n_latents"])
     floor = timed(lambda: (torch.mm(x, enc.T, out=buf), opt.step()), max(5, spec["steps"] // 2), 1)
+    extra = {}
+    if grads is not None:  # g-SAE: its selection needs d_i · g for every latent, a second product of the same size
+        W_dec = sae.W_dec.detach()
+        extra["floor_select"] = timed(lambda: (torch.mm(x, enc.T, out=buf), torch.mm(grads, W_dec.T, out=buf), opt.step()),
+                                      max(5, spec["steps"] // 2), 1)
     n_params = sum(p.numel() for p in sae.parameters())
     budget = 4 * (3 * n_params + c["batch"] * (c["d_in"] + c["n_latents"]))
-    return dict(times=times, l0=l0, base_rss_kb=base, budget_bytes=budget, floor=floor, peak_kb=peak)
+    return dict(times=times, l0=l0, base_rss_kb=base, budget_bytes=budget, floor=floor, peak_kb=peak, **extra)
 
 
 def child_reference(spec: dict) -> dict:
@@ -252,8 +257,13 @@ def main() -> None:
                                vs_matmuls=t / mm, vs_floor=t / (med(res["floor"]) if "floor" in res else floor),
                                budget_ratio=((res["maxrss_kb"] - res["base_rss_kb"]) * 1024 / res["budget_bytes"]
                                              if "budget_bytes" in res else None))
+                    if "floor_select" in res:
+                        row["vs_floor_select"] = t / med(res["floor_select"])
                 rows.append(row)
                 print(format_row(row), flush=True)
+                if "vs_floor_select" in row:
+                    print(f"#   {arch}: {row['vs_floor_select']:.2f}x the floor plus its selection product "
+                          f"(d_i · g for every latent)", flush=True)
         print(f"# {config}: bare matmuls {mm * 1e3:.0f} ms; encoder-forward matmul {med(ref['enc_fwd']) * 1e3:.0f} ms; "
               + "; ".join(f"adam {a} {med(ref[f'adam_{a}']) * 1e3:.0f} ms" for a in archs), flush=True)
     if args.json:

@@ -200,3 +200,28 @@ def test_gather_gives_the_input_its_gradient_when_it_needs_one() -> None:
     grads_d = torch.autograd.grad((z * dense).sum(), (x, b_dec, w, b))
     for gs, gd in zip(grads_s, grads_d):
         torch.testing.assert_close(gs, gd)
+
+
+@pytest.mark.parametrize("shape,k", [((50, 1024), 8), ((7, 4096), 32), ((9, 100), 3), ((5, 96), 30)])
+def test_topk_indices_is_exact(shape, k) -> None:
+    """Blocked top-k keeps the same set as torch.topk (continuous values: no ties), including rows
+    whose k largest entries share one block, and shapes that fall back to torch.topk."""
+    gen = torch.Generator().manual_seed(15)
+    z = torch.randn(shape, generator=gen)
+    z[0, : kernels.TOPK_BLOCK + 2] += 100.0  # row 0: one whole block (and more) holds the largest entries
+    got = kernels.topk_indices(z, k).sort(dim=1).values
+    want = z.topk(k, dim=1).indices.sort(dim=1).values
+    assert torch.equal(got, want)
+
+
+def test_blocked_search_finds_every_entry() -> None:
+    """entries_above with a scalar threshold scans blocks first; it must find exactly what nonzero finds."""
+    gen = torch.Generator().manual_seed(16)
+    z = torch.randn(40, 8 * kernels.FIND_BLOCK, generator=gen) - 2.0
+    z[3] = -5.0  # a row with nothing above
+    z[5, : kernels.FIND_BLOCK] = 1.0  # a block that is all above
+    chunks = [(slice(0, 17), z[:17]), (slice(17, 40), z[17:])]
+    p, values = kernels.entries_above(chunks, 0.5, 40, z.shape[1])
+    rows, cols = torch.nonzero(z > 0.5).unbind(1)
+    assert torch.equal(p.rows, rows) and torch.equal(p.cols, cols) and torch.equal(values, z[rows, cols])
+    assert p.offsets.tolist() == torch.cat([torch.zeros(1, dtype=torch.long), (z > 0.5).sum(1).cumsum(0)[:-1]]).tolist()

@@ -52,6 +52,32 @@ def sampled_density(z: Tensor, threshold: Tensor | float = 0.0) -> float:
     return torch.count_nonzero(head > threshold).item() / max(head.numel(), 1)
 
 
+TOPK_BLOCK = 32
+"""topk_indices: latents are grouped into blocks of this many consecutive ones for a first, coarse pass."""
+
+
+@torch.no_grad()
+def topk_indices(z: Tensor, k: int) -> Tensor:
+    """[n_rows, k] indices of the k largest entries of each row of z (in no particular order).
+
+    Exact, and cheaper than one ``torch.topk`` over the whole row: the latents are split into blocks
+    of TOPK_BLOCK consecutive ones, and the k largest entries of a row all lie in the k blocks with
+    the largest maxima (a block outside those has k blocks above it, each holding an entry at least as
+    large as any of its own). So the top k is taken over those k blocks only. Ties may be broken
+    differently from ``torch.topk``. Chunks of 1,366 x 9,216, k = 32, 2 threads: 10.4 ms vs 14.5 ms.
+    """
+    n, m = z.shape
+    bs = TOPK_BLOCK
+    if m % bs or 4 * k * bs > m or not z.is_contiguous():
+        return z.topk(k, dim=-1, sorted=False).indices
+    n_blocks = m // bs
+    blocks = z.view(n, n_blocks, bs).amax(dim=2).topk(k, dim=-1, sorted=False).indices  # [n, k]
+    rows = torch.arange(n, device=z.device).unsqueeze(1) * n_blocks
+    candidates = z.view(n * n_blocks, bs).index_select(0, (blocks + rows).view(-1)).view(n, k * bs)
+    best = candidates.topk(k, dim=-1, sorted=False).indices  # position among the k blocks' entries
+    return blocks.gather(1, best // bs) * bs + best % bs
+
+
 @dataclass
 class Pattern:
     """The active entries of a [n_rows, n_cols] code matrix, sorted by row (token)."""
@@ -120,14 +146,36 @@ def entries_above(chunks: Iterable[tuple[slice, Tensor]], threshold: Tensor | fl
     (rows, z[rows]) in order, and their values."""
     rows, cols, values = [], [], []
     for r, z in chunks:
-        i, j = torch.nonzero(z > threshold).unbind(1)
-        values.append(z[i, j])
+        i, j, v = _entries_of_chunk(z, threshold)
         rows.append(i + r.start)
         cols.append(j)
+        values.append(v)
     if not rows:
         empty = torch.zeros(0, dtype=torch.long)
         return Pattern.from_rows(empty, empty, n_rows, n_cols), torch.zeros(0)
     return Pattern.from_rows(torch.cat(rows), torch.cat(cols), n_rows, n_cols), torch.cat(values)
+
+
+FIND_BLOCK = 32
+"""entries_above: with a scalar threshold, each row is scanned in blocks of this many entries first."""
+
+
+def _entries_of_chunk(z: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+    """(rows, cols, values) of the entries of z above threshold, sorted by row then column.
+
+    With a scalar threshold and sparse rows, most blocks of FIND_BLOCK entries hold nothing above it:
+    their maxima (one cheap pass) rule them out, and the element-wise search runs on the other blocks
+    only. At ~33 active of 9,216 per row this finds the entries 2x faster than one pass over all."""
+    n, m = z.shape
+    bs = FIND_BLOCK
+    if isinstance(threshold, Tensor) or m % bs or not z.is_contiguous():
+        i, j = torch.nonzero(z > threshold).unbind(1)
+        return i, j, z[i, j]
+    n_blocks = m // bs
+    row, block = torch.nonzero(z.view(n, n_blocks, bs).amax(dim=2) > threshold).unbind(1)
+    candidates = z.view(n * n_blocks, bs).index_select(0, row * n_blocks + block)  # [n_found, bs]
+    b, offset = torch.nonzero(candidates > threshold).unbind(1)
+    return row[b], block[b] * bs + offset, candidates[b, offset]
 
 
 def spmm(values: Tensor, p: Pattern, weight: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ def l1(f: Tensor) -> Tensor:
 
 def normalized_mse(x: Tensor, x_hat: Tensor) -> Tensor:
     """Σ_t ‖x_t − x̂_t‖² / Σ_t ‖x_t − x̄‖² over the batch (the TopK paper's NMSE)."""
-    denom = (x.var(dim=0, correction=0).sum() * x.shape[0]).clamp_min(1e-12)
+    denom = F.mse_loss(x, x.mean(dim=0, keepdim=True).expand_as(x), reduction="sum").clamp_min(1e-12)
     return F.mse_loss(x_hat, x, reduction="sum") / denom
 
 

@@ -57,13 +57,12 @@ class GatedSAE(SparseAutoencoder):
         if self.cfg.kernels == "dense":
             pi_gate, pi_mag = self.gate_and_magnitude(x)
         else:
-            shut = -self.b_gate.detach()  # a gate is open where (x − b_dec) · w_gate > −b_gate
-            with torch.no_grad():
-                chunks = kernels.linear_chunks(self, x - self.dictionary.b_dec, self.W_gate)
+            with torch.no_grad():  # π_gate, a chunk of tokens at a time
+                chunks = kernels.linear_chunks(self, x - self.dictionary.b_dec, self.W_gate, self.b_gate)
             first = next(chunks)
-            if kernels.use_sparse(self.cfg.kernels, kernels.sampled_density(first[1], shut)):
-                p, proj = kernels.entries_above(itertools.chain([first], chunks), shut, x.shape[0], self.cfg.n_latents)
-                return self._sparse_loss(x, p, proj, sparsity_scale)
+            if kernels.use_sparse(self.cfg.kernels, kernels.sampled_density(first[1])):
+                p, pi_gate = kernels.entries_above(itertools.chain([first], chunks), 0.0, x.shape[0], self.cfg.n_latents)
+                return self._sparse_loss(x, p, pi_gate - self.b_gate.detach()[p.cols], sparsity_scale)
             xc = x - self.dictionary.b_dec
             projected = kernels.attach_dense(xc, self.W_gate, None, kernels.linear(xc, self.W_gate))
             pi_gate, pi_mag = projected + self.b_gate, projected * self.r_mag.exp() + self.b_mag
@@ -84,8 +83,8 @@ class GatedSAE(SparseAutoencoder):
         indicator has no gradient), so the decoder, the auxiliary pass and the encoder backward run
         on the open entries."""
         projected = kernels.gather_preacts(x, self.dictionary.b_dec, self.W_gate, None, p, proj)
-        pi_gate = projected + self.b_gate[p.cols]
-        pi_mag = projected * self.r_mag.exp()[p.cols] + self.b_mag[p.cols]
+        pi_gate = projected + self.b_gate.index_select(0, p.cols)  # (index_select: a cheap index_add backward)
+        pi_mag = projected * self.r_mag.exp().index_select(0, p.cols) + self.b_mag.index_select(0, p.cols)
         f = (pi_gate > 0).to(x.dtype) * pi_mag.relu()
         W_dec, b_dec = self.dictionary.W_dec, self.dictionary.b_dec
         x_hat = kernels.decode(f, W_dec, p) + b_dec

@@ -72,7 +72,7 @@ class GradientTopKSAE(TopKSAE):
     def select_indices(self, z: Tensor, x: Tensor, grad: Tensor | None) -> Tensor:
         if grad is None or self.cfg.beta == 0:
             return super().select_indices(z, x, grad)
-        return self._scores(z, grad).topk(self.cfg.k, dim=-1, sorted=False).indices
+        return kernels.topk_indices(self._scores(z, grad), self.cfg.k)
 
     def select(self, z: Tensor, x: Tensor, grad: Tensor | None) -> Tensor:
         if grad is None or self.cfg.beta == 0:

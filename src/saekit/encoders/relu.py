@@ -102,6 +102,6 @@ class ReluSAE(LinearEncoderMixin, SparseAutoencoder):
         f = kernels.gather_preacts(x, self.dictionary.b_dec, self.W_enc, self.b_enc, p, z).relu()
         x_hat = kernels.decode(f, self.dictionary.W_dec, p) + self.dictionary.b_dec
         mse = losses.squared_error(x, x_hat)
-        sparsity = (f.abs() * self.dictionary.atom_norms()[p.cols]).sum() / x.shape[0]
+        sparsity = (f.abs() * self.dictionary.atom_norms().index_select(0, p.cols)).sum() / x.shape[0]
         loss = mse + sparsity_scale * self.cfg.l1_coeff * sparsity
         return LossOutput(loss, {"mse": mse, "l1": sparsity}, kernels.SparseCodes(p, f.detach()), x_hat)

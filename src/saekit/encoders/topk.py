@@ -57,7 +57,7 @@ class TopKSAE(LinearEncoderMixin, SparseAutoencoder):
     def select_indices(self, z: Tensor, x: Tensor, grad: Tensor | None) -> Tensor:
         """[B, k] indices of the latents ``select`` keeps (their codes are ReLU(z) there); used by the
         sparse kernels. A subclass that overrides ``select`` but not this trains with dense kernels."""
-        return z.topk(self.cfg.k, dim=-1, sorted=False).indices
+        return kernels.topk_indices(z, self.cfg.k)
 
     def _sparse_ok(self) -> bool:
         cls = type(self)

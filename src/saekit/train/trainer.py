@@ -67,11 +67,20 @@ def train_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torc
     if unit_norm:
         sae.dictionary.remove_parallel_grad_()
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+        clip_grad_norm(sae, grad_clip)
     optimizer.step()
     if unit_norm:
         sae.dictionary.normalize_()
     return out
+
+
+def clip_grad_norm(sae: SparseAutoencoder, max_norm: float) -> float:
+    """torch's clip_grad_norm_, without rewriting every gradient when the norm is already within bounds."""
+    grads = [p.grad for p in sae.parameters() if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads)
+    if total > max_norm:
+        torch.nn.utils.clip_grads_with_norm_(sae.parameters(), max_norm, total)
+    return float(total)
 
 
 class Trainer:
