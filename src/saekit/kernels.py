@@ -2,17 +2,19 @@
 
 Every architecture computes its pre-activations with one dense matmul z = (x − b_dec) W^T (+ b).
 After that only the active entries of the code matter: ReLU, the gate indicator and TopK pass no
-gradient where a latent is off. These kernels take an active set (a ``Pattern``: per-token lists of
-latent indices, CSR-like) and
+gradient where a latent is off. So z is made without autograd a chunk of tokens at a time
+(``linear_chunks``, in memory reused across steps), the active entries of each chunk are picked out
+(``topk_indices`` or ``entries_above``) and z is dropped: a step never holds a [batch, n_latents]
+matrix. The rest runs on the active set (a ``Pattern``: per-token lists of latent indices, CSR-like):
 
 - decode: x̂ = Σ_active f_i d_i, gathering only the selected atoms (``embedding_bag``), with a backward
   that forms ∂/∂f by sampled dot products and ∂/∂W_dec by a scatter over the selected atoms;
-- gather: the selected pre-activations as a differentiable function of (x − b_dec, W, b) whose
-  backward touches only the selected rows of W (∂x' = Σ g_i w_i, ∂w_i = Σ_t g_ti x'_t, ∂b_i = Σ_t g_ti).
+- gather: the selected pre-activations as a differentiable function of (x, b_dec, W, b) whose
+  backward touches only the selected rows of W (∂w_i = Σ_t g_ti x'_t, ∂b_i = Σ_t g_ti,
+  ∂b_dec = −Σ_i (Σ_t g_ti) w_i).
 
 Both are exact: the loss and every parameter gradient equal the dense computation to float rounding
-(tests/test_kernels.py). ``attach_dense`` gives a precomputed z the dense matmul backward, so the auto
-mode can look at z before deciding without computing the matmul twice.
+(tests/test_kernels.py). The codes come back as ``SparseCodes``; the dense matrix is built only on request.
 """
 
 from __future__ import annotations
@@ -253,27 +255,6 @@ def gather_preacts(x: Tensor, b_dec: Tensor, weight: Tensor, bias: Tensor | None
     x and b_dec come separately so that b_dec's gradient, −Σ_i (Σ_t ∂L/∂z_ti) w_i, costs one
     [n_cols, d] product instead of a [batch, d] sparse product (activations need no gradient)."""
     return _Gather.apply(x, b_dec, weight, bias, p, values.detach())
-
-
-class _AttachDense(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, xc: Tensor, weight: Tensor, bias: Tensor | None, z: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(xc, weight)
-        ctx.has_bias = bias is not None
-        return z
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        xc, weight = ctx.saved_tensors
-        d_xc = grad @ weight if ctx.needs_input_grad[0] else None
-        d_w = grad.T @ xc if ctx.needs_input_grad[1] else None
-        d_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return d_xc, d_w, d_b, None
-
-
-def attach_dense(xc: Tensor, weight: Tensor, bias: Tensor | None, z: Tensor) -> Tensor:
-    """z (computed without autograd) with the ordinary dense linear backward attached."""
-    return _AttachDense.apply(xc, weight, bias, z)
 
 
 CHUNK_ELEMENTS = 1 << 24

@@ -54,18 +54,14 @@ class GatedSAE(SparseAutoencoder):
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None,
              grad: Tensor | None = None) -> LossOutput:
         x = x * self.cfg.input_scale
-        if self.cfg.kernels == "dense":
-            pi_gate, pi_mag = self.gate_and_magnitude(x)
-        else:
+        if self.cfg.kernels != "dense":  # look at the first chunk's density, then go sparse or dense
             with torch.no_grad():  # π_gate, a chunk of tokens at a time
                 chunks = kernels.linear_chunks(self, x - self.dictionary.b_dec, self.W_gate, self.b_gate)
             first = next(chunks)
             if kernels.use_sparse(self.cfg.kernels, kernels.sampled_density(first[1])):
                 p, pi_gate = kernels.entries_above(itertools.chain([first], chunks), 0.0, x.shape[0], self.cfg.n_latents)
                 return self._sparse_loss(x, p, pi_gate - self.b_gate.detach()[p.cols], sparsity_scale)
-            xc = x - self.dictionary.b_dec
-            projected = kernels.attach_dense(xc, self.W_gate, None, kernels.linear(xc, self.W_gate))
-            pi_gate, pi_mag = projected + self.b_gate, projected * self.r_mag.exp() + self.b_mag
+        pi_gate, pi_mag = self.gate_and_magnitude(x)
         f = (pi_gate > 0).to(x.dtype) * pi_mag.relu()
         x_hat = self.dictionary.decode(f)
         mse = losses.squared_error(x, x_hat)

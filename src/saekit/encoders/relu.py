@@ -80,17 +80,14 @@ class ReluSAE(LinearEncoderMixin, SparseAutoencoder):
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None,
              grad: Tensor | None = None) -> LossOutput:
         x = x * self.cfg.input_scale
-        if self.cfg.kernels == "dense":
-            f = self.encode_scaled(x)
-        else:
+        if self.cfg.kernels != "dense":  # look at the first chunk's density, then go sparse or dense
             with torch.no_grad():
                 chunks = kernels.linear_chunks(self, x - self.dictionary.b_dec, self.W_enc, self.b_enc)
             first = next(chunks)
             if kernels.use_sparse(self.cfg.kernels, kernels.sampled_density(first[1])):
                 p, z = kernels.entries_above(itertools.chain([first], chunks), 0.0, x.shape[0], self.cfg.n_latents)
                 return self._sparse_loss(x, p, z, sparsity_scale)
-            xc = x - self.dictionary.b_dec
-            f = kernels.attach_dense(xc, self.W_enc, self.b_enc, kernels.linear(xc, self.W_enc, self.b_enc)).relu()
+        f = self.encode_scaled(x)
         x_hat = self.dictionary.decode(f)
         mse = losses.squared_error(x, x_hat)
         sparsity = losses.weighted_l1(f, self.dictionary.atom_norms())
