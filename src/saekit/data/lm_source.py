@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saekit import distributed
 from saekit.config import LMConfig
 from saekit.data.harvest import harvest
 from saekit.data.hookpoints import resolve_hookpoint, run_captured
@@ -69,11 +70,17 @@ class LMSource:
         return got
 
     def _harvest(self, ctxs: list[Context]) -> Block:
-        parts = list(harvest(self.model, self.hookpoint, ctxs, self.cfg.model_batch_contexts,
-                             with_grads=self.has_grads, progress=self.progress))
-        acts = torch.cat([p.acts for p in parts])
+        """The activations of ``ctxs`` in order; under torchrun each rank runs the model on its share
+        and every rank gets the whole block (so all ranks hold the same shuffle buffer)."""
+        mine = distributed.my_share(ctxs)
+        parts = list(harvest(self.model, self.hookpoint, mine, self.cfg.model_batch_contexts,
+                             with_grads=self.has_grads, progress=self.progress)) if mine else []
+        empty = torch.zeros(0, self.d_in)
+        acts = distributed.all_gather_rows(torch.cat([p.acts for p in parts]) if parts else empty)
         check_finite(acts, f"{self.cfg.model} at {self.cfg.hookpoint}")
-        grads = torch.cat([p.grads for p in parts]) if self.has_grads else None  # type: ignore[misc]
+        grads = None
+        if self.has_grads:
+            grads = distributed.all_gather_rows(torch.cat([p.grads for p in parts]) if parts else empty)  # type: ignore[misc]
         return acts, grads
 
     def _block(self, epoch: int, b: int) -> Block | None:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import tyro
 
+from saekit import distributed
 from saekit.config import TrainConfig, load_train_config
 
 
@@ -35,6 +36,11 @@ def main(argv: list[str]) -> None:
 
     cmd = parse(argv)
     trainer = Trainer(cmd.cfg, resume=cmd.resume)
-    sae = trainer.run()
-    print(f"saved {sae.cfg.architecture} SAE ({sae.cfg.n_latents} latents, d_in={sae.cfg.d_in}) "
-          f"to {Path(cmd.cfg.out_dir) / 'sae'}")
+    try:
+        sae = trainer.run()
+    finally:
+        distributed.shutdown()
+    if trainer.cluster.is_main:
+        where = f" ({trainer.cluster.world} processes)" if trainer.cluster.world > 1 else ""
+        print(f"saved {sae.cfg.architecture} SAE ({sae.cfg.n_latents} latents, d_in={sae.cfg.d_in}) "
+              f"to {Path(cmd.cfg.out_dir) / 'sae'}{where}")

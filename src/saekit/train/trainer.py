@@ -3,15 +3,18 @@ logging and resumable checkpoints."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from saekit import distributed
 from saekit.config import TrainConfig, dump_yaml
 from saekit.data.factory import make_source
 from saekit.data.source import ActivationSource, check_finite
@@ -56,9 +59,11 @@ def initialise(cfg: TrainConfig, source: ActivationSource) -> SparseAutoencoder:
 
 def train_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, *,
                sparsity_scale: float = 1.0, dead_mask: torch.Tensor | None = None, grads: torch.Tensor | None = None,
-               grad_clip: float = 0.0, step: int = 0) -> Any:
-    """One optimisation step on a batch: loss, backward, parallel-gradient removal, clipping, Adam, renormalisation."""
-    out = sae.loss(x, sparsity_scale=sparsity_scale, dead_mask=dead_mask, grad=grads)
+               grad_clip: float = 0.0, step: int = 0, loss_fn: Callable[..., Any] | None = None) -> Any:
+    """One optimisation step on a batch: loss, backward, parallel-gradient removal, clipping, Adam, renormalisation.
+
+    ``loss_fn`` replaces ``sae.loss`` (the trainer passes the DDP-wrapped loss when distributed)."""
+    out = (loss_fn or sae.loss)(x, sparsity_scale=sparsity_scale, dead_mask=dead_mask, grad=grads)
     if not torch.isfinite(out.loss):
         raise SaekitError(f"loss became {out.loss.item()} at step {step}; try a lower lr")
     optimizer.zero_grad(set_to_none=True)
@@ -84,68 +89,89 @@ def clip_grad_norm(sae: SparseAutoencoder, max_norm: float) -> float:
 
 
 class Trainer:
-    """One training run in ``cfg.out_dir``; ``run()`` trains to ``cfg.steps`` and saves ``sae/``."""
+    """One training run in ``cfg.out_dir``; ``run()`` trains to ``cfg.steps`` and saves ``sae/``.
 
-    def __init__(self, cfg: TrainConfig, source: ActivationSource | None = None, resume: bool = False) -> None:
+    Under torchrun each process builds its own Trainer; see ``saekit.distributed`` for what is shared."""
+
+    def __init__(self, cfg: TrainConfig, source: ActivationSource | None = None, resume: bool = False,
+                 cluster: distributed.Cluster | None = None) -> None:
         cfg.validate()
+        self.cluster = cluster if cluster is not None else distributed.from_env(cfg.device)
+        if cfg.batch_size % self.cluster.world:
+            raise SaekitError(f"batch_size={cfg.batch_size} must be divisible by the number of processes "
+                              f"({self.cluster.world})")
         self.cfg = cfg
+        self.device = self.cluster.device if self.cluster.world > 1 else cfg.device
         self.out = Path(cfg.out_dir)
         self.source = source if source is not None else make_source(cfg.data, "train")
         ckpt = latest_checkpoint(self.out)
+        main = self.cluster.is_main
         if resume and ckpt is not None:
             self.sae, self.optimizer, state = load_checkpoint(ckpt, lambda s: make_optimizer(s, cfg))
-            self.sae.to(cfg.device)
+            self.sae.to(self.device)
             if self.sae.cfg.d_in != self.source.d_in:
                 raise SaekitError(f"checkpoint d_in={self.sae.cfg.d_in} does not match the data's {self.source.d_in}")
             self.step, self.position, self.last_resample = state.step, state.position, state.last_resample_step
-            self.tracker = DeadLatentTracker(self.sae.cfg.n_latents, cfg.device)
+            self.tracker = DeadLatentTracker(self.sae.cfg.n_latents, self.device)
             self.tracker.tokens_since_fired.copy_(state.tokens_since_fired)
             torch.set_rng_state(state.rng_state)
-            self._truncate_log(self.step)
+            if main:
+                self._truncate_log(self.step)
         else:
             if not resume and ckpt is not None:
                 raise SaekitError(f"{self.out} already holds a run; pass --resume to continue it or choose another out_dir")
             torch.manual_seed(cfg.seed)
-            self.sae = initialise(cfg, self.source).to(cfg.device)
+            self.sae = initialise(cfg, self.source).to(self.device)
             self.optimizer = make_optimizer(self.sae, cfg)
             self.step, self.position, self.last_resample = 0, None, None
-            self.tracker = DeadLatentTracker(self.sae.cfg.n_latents, cfg.device)
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
-        atomic_write_text(self.out / "config.yaml", dump_yaml(replace(cfg, sae=self.sae.cfg)))
+            self.tracker = DeadLatentTracker(self.sae.cfg.n_latents, self.device)
+            if main:
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        if main:
+            atomic_write_text(self.out / "config.yaml", dump_yaml(replace(cfg, sae=self.sae.cfg)))
+        self.resampled = 0
+        self.cluster.barrier()  # every rank has looked for checkpoints before rank 0 writes any
+        self.loss_fn = self.cluster.wrap(self.sae)
 
     # ------------------------------------------------------------------------------------
     def run(self) -> SparseAutoencoder:
-        cfg, sae = self.cfg, self.sae
+        cfg, sae, main = self.cfg, self.sae, self.cluster.is_main
         arch = architecture_class(sae.cfg.architecture)
         stream = self.source.batches(cfg.batch_size, self.position)
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc=f"train {arch.architecture}",
-                   unit="step", dynamic_ncols=True)
-        with open(self.out / "metrics.jsonl", "a") as log:
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and main),
+                   desc=f"train {arch.architecture}", unit="step", dynamic_ncols=True)
+        with open(self.out / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log:
             while self.step < cfg.steps:
                 batch, self.position = next(stream)
-                out = self._train_step(batch)
+                out, x = self._train_step(batch)
                 self.step += 1
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    row = self._log_row(batch.acts, out)
+                if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                    row = self._log_row(x, out)
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", fvu=f"{row['fvu']:.3f}")
-                del out, batch  # free this step's codes before the next step allocates its own
+                del out, batch, x  # free this step's codes before the next step allocates its own
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == cfg.steps:
-                    self.checkpoint()
+                    self.cluster.check_in_sync(sae, self.step)
+                    if main:
+                        self.checkpoint()
         bar.close()
-        sae.save(self.out / "sae")
+        if main:
+            sae.save(self.out / "sae")
+        self.cluster.barrier()
         return sae
 
-    def _train_step(self, batch) -> Any:
+    def _train_step(self, batch) -> tuple[Any, torch.Tensor]:
+        """One step on this rank's slice of the global batch; returns the output and that slice."""
         cfg, sae = self.cfg, self.sae
-        x = batch.acts.to(cfg.device, torch.float32)
+        rows = self.cluster.shard_rows(batch.acts.shape[0])
+        x = batch.acts[rows].to(self.device, torch.float32)
         if x.ndim != 2 or x.shape[1] != sae.cfg.d_in:
-            raise SaekitError(f"batch has shape {tuple(x.shape)}, expected [batch, {sae.cfg.d_in}]")
+            raise SaekitError(f"batch has shape {tuple(batch.acts.shape)}, expected [batch, {sae.cfg.d_in}]")
         check_finite(x, f"batch at step {self.step}")
-        grads = batch.grads.to(cfg.device, torch.float32) if batch.grads is not None else None
+        grads = batch.grads[rows].to(self.device, torch.float32) if batch.grads is not None else None
         if sae.needs_gradients and grads is None:
             raise SaekitError(f"{sae.cfg.architecture} needs LM gradients: use a store made with "
                               "`saekit cache --grads` or data.lm.with_grads=true")
@@ -154,10 +180,10 @@ class Trainer:
             group["lr"] = lr
         dead_mask = self.tracker.dead(sae.cfg.dead_tokens)  # AuxK reads it; L1 architectures ignore it
         out = train_step(sae, self.optimizer, x, sparsity_scale=sparsity_factor(self.step, cfg), dead_mask=dead_mask,
-                         grads=grads, grad_clip=cfg.grad_clip, step=self.step)
-        self.tracker.update(out.fired(), x.shape[0])
+                         grads=grads, grad_clip=cfg.grad_clip, step=self.step, loss_fn=self.loss_fn)
+        self.tracker.update(self.cluster.any_fired(out.fired()), x.shape[0] * self.cluster.world)
         self._maybe_resample(x, out)
-        return out
+        return out, x
 
     def _maybe_resample(self, x: torch.Tensor, out) -> None:
         cfg, sae = self.cfg, self.sae
@@ -167,18 +193,26 @@ class Trainer:
         if step > cfg.resample_until_fraction * cfg.steps or step >= cfg.steps:
             return
         dead = self.tracker.dead(cfg.resample_every * cfg.batch_size)
-        n = resample_dead_latents(sae, x * sae.cfg.input_scale, out.x_hat.detach(), dead, self.optimizer)
+        n = 0
+        if self.cluster.is_main:  # from rank 0's inputs; then every rank takes rank 0's weights and moments
+            n = resample_dead_latents(sae, x * sae.cfg.input_scale, out.x_hat.detach(), dead, self.optimizer)
+        n = self.cluster.broadcast_int(n)
         if n:
+            self.cluster.broadcast_training_state(sae, self.optimizer)
             self.tracker.tokens_since_fired[dead] = 0
             self.last_resample = step
+            self.resampled += n
 
     def _log_row(self, x: torch.Tensor, out) -> dict[str, Any]:
-        scaled = x.to(self.cfg.device) * self.sae.cfg.input_scale
+        """Metrics of the step, on rank 0's slice of the batch when distributed."""
+        scaled = x * self.sae.cfg.input_scale
         x_hat = out.x_hat.detach()
         row = {"step": self.step, "tokens": self.step * self.cfg.batch_size, "loss": out.loss.item(),
                "lr": self.optimizer.param_groups[0]["lr"], "l0": out.l0(),
                "fvu": metrics.fvu(scaled, x_hat), "gamma": metrics.relative_reconstruction_bias(scaled, x_hat),
                "dead_fraction": self.tracker.dead_fraction(self.cfg.dead_window_tokens)}
+        if self.sae.uses_sparsity_penalty and self.cfg.resample_every:
+            row["resampled"] = self.resampled  # latents resampled so far in this process's run
         row.update({k: v.item() for k, v in out.terms.items()})
         return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}
 
