@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("Show a saved SAE's config and weights summary", "saekit.info:main"),
     "cache": ("Harvest activations (and --grads) into an on-disk store", "saekit.data.cache_command:main"),
     "sweep": ("Train and evaluate a grid of SAEs (architectures x λ/k x widths) on shared data; table + plots", "saekit.sweep:main"),
+    "features": ("What each latent responds to: firing stats, top-activating contexts, logit effects; HTML dashboard", "saekit.eval.features:main"),
     "steer-eval": ("Steer the LM with a sample of an SAE's latents: effect on target tokens vs KL", "saekit.eval.steering:main"),
     "demo": ("The end-to-end demo run by `make demo`", "saekit.demo:main"),
     "bench-synthetic": ("O'Neill et al. synthetic benchmark of encoders and inference methods", "saekit.inference.bench_synthetic:main"),
