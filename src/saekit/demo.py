@@ -79,6 +79,7 @@ def lm_demo(cmd: DemoCommand) -> list[dict]:
     from saekit.data.cache_command import CacheConfig, cache
     from saekit.data.models import load_model
     from saekit.data.store import open_store_source
+    from saekit.eval.features import FeaturesCommand, write_features
     from saekit.eval.reconstruction import evaluate_reconstruction
     from saekit.eval.splice import splice_saes
     from saekit.train.trainer import train
@@ -102,7 +103,10 @@ def lm_demo(cmd: DemoCommand) -> list[dict]:
     seconds = time.perf_counter() - t0
     summary, _ = evaluate_reconstruction(sae, open_store_source(store, "eval"), cmd.eval_tokens, 4096)
     spliced = splice_saes(lm, {"gated": sae}, cmd.splice_contexts, model=model, tokenizer=tokenizer)["gated"]
-    print(f"total {time.perf_counter() - start:.0f} s; SAE saved to {out / 'sae'}")
+    pages = FeaturesCommand(sae=out / "sae", n_contexts=64, n_show=32)
+    write_features(sae, lm, model, tokenizer, pages)
+    print(f"total {time.perf_counter() - start:.0f} s; SAE saved to {out / 'sae'}; "
+          f"what 32 of its latents respond to: {out / 'features' / 'index.html'}")
     return [{"architecture": "gated", "hookpoint": cmd.hookpoint, "latents": sae.cfg.n_latents,
              "train tokens": cfg.steps * cfg.batch_size, "L0": summary["l0"], "FVU": summary["fvu"],
              "gamma": summary["gamma"], "dead": summary["dead_fraction"],

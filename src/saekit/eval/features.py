@@ -213,13 +213,28 @@ def feature_report(model: nn.Module, tokenizer: Any, hp: Hookpoint, sae: nn.Modu
     return {"summary": summary, "latents": latents, "frequency": freq.tolist()}
 
 
-def main(argv: list[str]) -> None:
+def write_features(sae: nn.Module, lm: Any, model: nn.Module, tokenizer: Any, cfg: FeaturesCommand) -> dict[str, Any]:
+    """Scan ``lm``'s held-out text with ``sae`` and write index.html and features.json to the output folder."""
     from saekit.data.hookpoints import resolve_hookpoint
-    from saekit.data.models import load_model
-    from saekit.eval.command import resolve_data
-    from saekit.eval.splice import clean_json, held_out_contexts, lm_settings
+    from saekit.eval.splice import clean_json, held_out_contexts
     from saekit.io import atomic_write_json, atomic_write_text
     from saekit.report.dashboard import render_dashboard
+
+    hp = resolve_hookpoint(model, lm.hookpoint)
+    ctxs = held_out_contexts(tokenizer, lm.corpus, lm.text_column, lm.context_length, lm.eval_fraction, cfg.n_contexts)
+    report = {"sae": str(cfg.sae), "architecture": sae.cfg.architecture, "model": lm.model,
+              "hookpoint": lm.hookpoint, **feature_report(model, tokenizer, hp, sae, ctxs, cfg)}
+    out = cfg.out or cfg.sae.parent / "features"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "features.json", clean_json(report))
+    atomic_write_text(out / "index.html", render_dashboard(report))
+    return report
+
+
+def main(argv: list[str]) -> None:
+    from saekit.data.models import load_model
+    from saekit.eval.command import resolve_data
+    from saekit.eval.splice import lm_settings
     from saekit.report.table import format_table
     from saekit.sae import load
 
@@ -234,13 +249,7 @@ def main(argv: list[str]) -> None:
     if lm is None:
         raise SaekitError("features needs an SAE trained on language-model data (source lm or store)")
     model, tokenizer = load_model(lm.model, device=cfg.device, dtype=lm.dtype)
-    hp = resolve_hookpoint(model, lm.hookpoint)
-    ctxs = held_out_contexts(tokenizer, lm.corpus, lm.text_column, lm.context_length, lm.eval_fraction, cfg.n_contexts)
-    report = {"sae": str(cfg.sae), "architecture": sae.cfg.architecture, "model": lm.model,
-              "hookpoint": lm.hookpoint, **feature_report(model, tokenizer, hp, sae, ctxs, cfg)}
+    report = write_features(sae, lm, model, tokenizer, cfg)
     out = cfg.out or cfg.sae.parent / "features"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "features.json", clean_json(report))
-    atomic_write_text(out / "index.html", render_dashboard(report))
     print(format_table([{"metric": k, "value": v} for k, v in report["summary"].items()]))
     print(f"wrote {out / 'index.html'} ({len(report['latents'])} latents) and {out / 'features.json'}")
