@@ -10,11 +10,11 @@ import torch
 
 from saekit.config import SAEConfig
 from saekit.data.hookpoints import resolve_hookpoint
-from saekit.data.text import pack
+from saekit.data.text import collated_batches, pack
 from saekit.errors import SaekitError
 from saekit.eval.splice import WithGradients, evaluate_splice
 from saekit.eval.steering import (SteerCommand, effect_and_kl, effect_at_kl, split_contexts, steer_latents,
-                                  unembed_effect, _batches, clean_pass)
+                                  unembed_effect, clean_pass)
 from saekit.sae import build_sae
 
 WORDS = "the king queen lord lady speaks sleeps dreams of and to a in my thy night day sword crown".split()
@@ -48,7 +48,7 @@ def test_alpha_zero_gives_zero_kl_and_effect(tiny_model, ctxs):
 
 def test_unembedding_direction_raises_its_token(tiny_model, ctxs):
     hp = resolve_hookpoint(tiny_model, "resid_post.1")  # the last block: the direct path is the whole path
-    batches = _batches(tiny_model, ctxs, 3)
+    batches = collated_batches(ctxs, 3)
     clean, acts = clean_pass(tiny_model, hp, batches)
     token = 7
     u = tiny_model.get_output_embeddings().weight[token].float()

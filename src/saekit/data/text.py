@@ -209,3 +209,12 @@ def collate(ctxs: list[Context]) -> tuple[Tensor, Tensor, Tensor]:
     """Stack contexts into (input_ids, attention_mask, mask), each [B, T]."""
     return (torch.stack([c.input_ids for c in ctxs]), torch.stack([c.attention_mask for c in ctxs]),
             torch.stack([c.mask for c in ctxs]))
+
+
+def collated_batches(ctxs: list[Context], n: int, device: torch.device | str = "cpu") -> list[tuple[Tensor, Tensor, Tensor]]:
+    """``collate`` over consecutive groups of n contexts, each moved to ``device``."""
+    out = []
+    for i in range(0, len(ctxs), n):
+        ids, attn, mask = collate(ctxs[i:i + n])
+        out.append((ids.to(device), attn.to(device), mask.to(device)))
+    return out

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from saekit.config import DataConfig
 from saekit.data.hookpoints import Hookpoint, run_captured
-from saekit.data.text import Context, collate
+from saekit.data.text import Context, collated_batches
 from saekit.errors import SaekitError
 
 
@@ -96,14 +96,6 @@ class Scan:
         return self.code_sum.double() / self.fired.clamp_min(1).double()
 
 
-def _batches(ctxs: list[Context], n: int, device: torch.device) -> list[tuple[Tensor, Tensor, Tensor]]:
-    out = []
-    for i in range(0, len(ctxs), n):
-        ids, attn, mask = collate(ctxs[i:i + n])
-        out.append((ids.to(device), attn.to(device), mask.to(device)))
-    return out
-
-
 @torch.no_grad()
 def scan(model: nn.Module, hp: Hookpoint, sae: nn.Module, ctxs: list[Context], batch_contexts: int,
          n_examples: int) -> Scan:
@@ -113,7 +105,7 @@ def scan(model: nn.Module, hp: Hookpoint, sae: nn.Module, ctxs: list[Context], b
     fired = torch.zeros(m, dtype=torch.long)
     code_sum, code_max = torch.zeros(m, dtype=torch.float64), torch.zeros(m)
     top, where, n = TopActivations(m, n_examples), [], 0
-    for b, (ids, attn, mask) in enumerate(_batches(ctxs, batch_contexts, device)):
+    for b, (ids, attn, mask) in enumerate(collated_batches(ctxs, batch_contexts, device)):
         acts = run_captured(model, hp, ids, attn)
         codes = sae.encode(acts[mask].float()).cpu()
         fired += (codes > 0).sum(0)
@@ -150,7 +142,7 @@ def example_windows(model: nn.Module, hp: Hookpoint, sae: nn.Module, ctxs: list[
     cols = torch.tensor(shown, dtype=torch.long)
     for start in range(0, len(needed), batch_contexts):
         group = needed[start:start + batch_contexts]
-        ((ids, attn, mask),) = _batches([ctxs[c] for c in group], len(group), device)
+        ((ids, attn, mask),) = collated_batches([ctxs[c] for c in group], len(group), device)
         acts = run_captured(model, hp, ids, attn)
         full = torch.full((*mask.shape, len(shown)), math.nan)
         full[mask.cpu()] = sae.encode(acts[mask].float()).cpu().index_select(1, cols)

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from saekit.config import DataConfig
 from saekit.data.hookpoints import Hookpoint, capture, edited
-from saekit.data.text import Context, collate
+from saekit.data.text import Context, collated_batches
 from saekit.errors import SaekitError
 
 
@@ -79,15 +79,6 @@ class SteerCommand:
 def added(hp: Hookpoint, delta: Tensor | None) -> AbstractContextManager[None]:
     """While inside, the hooked output gets ``delta`` [B, T, d] added (None: no hook)."""
     return edited(hp, None if delta is None else (lambda act: act + delta.to(act.dtype)))
-
-
-def _batches(model: nn.Module, ctxs: list[Context], n: int) -> list[tuple[Tensor, Tensor, Tensor]]:
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(ctxs), n):
-        ids, attn, mask = collate(ctxs[i:i + n])
-        out.append((ids.to(device), attn.to(device), mask.to(device)))
-    return out
 
 
 def _logprobs(model: nn.Module, hp: Hookpoint, batch: tuple[Tensor, Tensor, Tensor], vec: Tensor | None) -> Tensor:
@@ -166,7 +157,8 @@ def steer_latents(model: nn.Module, hp: Hookpoint, sae: Any, calib: list[Context
     """Run the protocol for ``latents`` (default: a draw among the latents alive on these contexts)."""
     if not cfg.alphas or cfg.n_targets <= 0 or cfg.kl_budget <= 0:
         raise SaekitError("steer-eval needs at least one alpha, n_targets > 0 and kl_budget > 0")
-    cal_b, ev_b = _batches(model, calib, cfg.batch_contexts), _batches(model, evals, cfg.batch_contexts)
+    device = next(model.parameters()).device
+    cal_b, ev_b = collated_batches(calib, cfg.batch_contexts, device), collated_batches(evals, cfg.batch_contexts, device)
     cal_clean, cal_acts = clean_pass(model, hp, cal_b)
     ev_clean, ev_acts = clean_pass(model, hp, ev_b)
     scale = ev_acts.norm(dim=-1).mean().item()
