@@ -22,7 +22,7 @@ def test_top_activations_hand_case():
     top.add(torch.tensor([[1.0, 0.0], [3.0, -1.0], [0.5, 0.0]]), first_token=0)
     top.add(torch.tensor([[2.0, 0.0], [0.0, 4.0]]), first_token=3)
     assert top.values[0].tolist() == [3.0, 2.0] and top.tokens[0].tolist() == [1, 3]
-    assert top.values[1].tolist() == [4.0, -math.inf] and top.tokens[1].tolist()[0] == 4
+    assert top.values[1].tolist() == [4.0, -math.inf] and top.tokens[1].tolist() == [4, -1]
 
 
 @pytest.fixture()

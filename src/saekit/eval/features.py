@@ -69,9 +69,9 @@ class TopActivations:
         """codes [T, n_latents] of the tokens first_token, first_token + 1, …"""
         k = min(self.values.shape[1], codes.shape[0])
         v, i = codes.topk(k, dim=0)  # [k, n_latents]
-        v = v.T.masked_fill(v.T <= 0, -math.inf)  # only firing tokens are examples
-        values = torch.cat([self.values, v], dim=1)
-        tokens = torch.cat([self.tokens, i.T + first_token], dim=1)
+        off = v.T <= 0  # only firing tokens are examples
+        values = torch.cat([self.values, v.T.masked_fill(off, -math.inf)], dim=1)
+        tokens = torch.cat([self.tokens, (i.T + first_token).masked_fill(off, -1)], dim=1)
         best, j = values.topk(self.values.shape[1], dim=1)
         self.values, self.tokens = best, tokens.gather(1, j)
 
@@ -134,7 +134,7 @@ def choose_latents(frequency: Tensor, requested: tuple[int, ...], n_show: int, s
 def example_windows(model: nn.Module, hp: Hookpoint, sae: nn.Module, ctxs: list[Context], result: Scan,
                     shown: list[int], window: int, decode: Any, batch_contexts: int) -> dict[int, list[dict[str, Any]]]:
     """For each shown latent, its top examples as token windows with the latent's code at every token."""
-    refs = {i: [(float(v), int(t)) for v, t in zip(result.top.values[i], result.top.tokens[i]) if t >= 0]
+    refs = {i: [(float(v), int(t)) for v, t in zip(result.top.values[i], result.top.tokens[i]) if v > 0]
             for i in shown}
     needed = sorted({int(result.where[t, 0]) for examples in refs.values() for _, t in examples})
     device = next(model.parameters()).device
