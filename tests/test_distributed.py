@@ -41,6 +41,21 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     assert steps == [5, 10, 15, 20, 25, 30]  # rank 0 alone logs
 
 
+def test_a_distributed_run_resumes(tmp_path):
+    """15 steps, then --resume to 30 under torchrun: the weights of a straight 30-step single-process run
+    (schedules flat, so that stopping early changes nothing before step 15)."""
+    flat = {"warmup_steps": 1, "decay_fraction": 0.0, "sparsity_warmup_fraction": 0.0, "ckpt_every": 5}
+    first = torchrun_train(_cfg(tmp_path, "ddp", steps=15, **flat), tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # another init seed: only a run that really continues from the checkpoint can match the straight run
+    second = torchrun_train(_cfg(tmp_path, "ddp", steps=30, seed=1, **flat), tmp_path, extra=("--resume",))
+    assert second.returncode == 0, second.stderr[-3000:]
+    single = train(_cfg(tmp_path, "single", steps=30, **flat))
+    ddp = load(tmp_path / "ddp" / "sae")
+    for (name, a), b in zip(single.state_dict().items(), ddp.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("arch", ["gated", "topk"])
 def test_replicas_stay_identical_through_resampling_and_dead_latents(tmp_path, arch):
     """Rank 0 resamples from its own inputs and broadcasts; dead latents are counted over all ranks.
