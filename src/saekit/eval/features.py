@@ -237,6 +237,7 @@ def main(argv: list[str]) -> None:
         raise SaekitError("--n-contexts, --batch-contexts, --n-show, --n-examples, --n-logits must be positive "
                           "and --window >= 0")
     sae = load(cfg.sae, cfg.device)
+    choose_latents(torch.ones(sae.cfg.n_latents), cfg.latents, 1, 0)  # bad --latents: say so before the model loads
     lm = lm_settings(resolve_data(cfg.sae, cfg.data))
     if lm is None:
         raise SaekitError("features needs an SAE trained on language-model data (source lm or store)")
