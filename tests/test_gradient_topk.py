@@ -91,3 +91,16 @@ def test_training_without_gradients_is_a_clear_error(tmp_path):
                       out_dir=str(tmp_path / "r"))
     with pytest.raises(SaekitError, match="saekit cache --grads"):
         train(cfg)
+
+
+def test_selection_scores_follow_the_definition():
+    """s_i = z_i (1 + β |d_i · g| / grad_scale); where z_i > 0 this is the paper's ReLU(z_i)(…)."""
+    _, gsae = pair(3.0, k=2)
+    gsae.cfg = dataclasses.replace(gsae.cfg, grad_scale=2.5)
+    gen = torch.Generator().manual_seed(7)
+    z, g = torch.randn(9, 12, generator=gen), torch.randn(9, 6, generator=gen)
+    want = z * (1 + 3.0 * (g @ gsae.W_dec.detach().T).abs() / 2.5)
+    torch.testing.assert_close(gsae._scores(z, g).clone(), want)
+    z_before = z.clone()
+    gsae._scores(z, g)
+    assert torch.equal(z, z_before)  # the pre-activations are left as they were
