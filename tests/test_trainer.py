@@ -126,14 +126,18 @@ def test_resume_from_earlier_checkpoint_equals_uninterrupted(tmp_path, arch):
     sae_cfg = SAEConfig(architecture=arch, n_latents=16, k=2, dead_tokens=128, l1_coeff=1.0)
     cfg = small_cfg(tmp_path, sae=sae_cfg, ckpt_every=7, keep_checkpoints=5, **extra)
     full = train(cfg)
-    # pretend the run died just after step 14: point 'latest' there and resume
     run = Path(cfg.out_dir)
+    log = (run / "metrics.jsonl").read_text()
+    # pretend the run died just after step 14: point 'latest' there and resume
     (run / "checkpoints" / "latest").write_text("step-00000014\n")
     resumed = Trainer(cfg, resume=True).run()
     for name, p in full.state_dict().items():
         assert torch.equal(p, resumed.state_dict()[name]), name
     steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10, 15, 20]
+    assert (run / "metrics.jsonl").read_text() == log  # every logged number, the resampling count included
+    if arch != "topk":
+        assert "resampled" in json.loads(log.splitlines()[-1])
 
 
 def _train_argv(out: Path) -> list[str]:

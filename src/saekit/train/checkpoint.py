@@ -30,6 +30,8 @@ class TrainerState:
     last_resample_step: int | None
     tokens_since_fired: torch.Tensor
     rng_state: torch.Tensor
+    resampled: int = 0
+    """Latents resampled so far in the run (for the log)."""
 
 
 def save_checkpoint(run_dir: Path, sae: SparseAutoencoder, optimizer: torch.optim.Optimizer,
@@ -51,6 +53,7 @@ def save_checkpoint(run_dir: Path, sae: SparseAutoencoder, optimizer: torch.opti
         "step": state.step,
         "position": state.position,
         "last_resample_step": state.last_resample_step,
+        "resampled": state.resampled,
         "param_groups": opt_state["param_groups"],
     })
     replace_dir(tmp, root / name)
@@ -89,7 +92,8 @@ def load_checkpoint(path: Path, optimizer_factory) -> tuple[SparseAutoencoder, t
         extra = load_tensors(path / "trainer.safetensors")
         state = TrainerState(step=int(meta["step"]), position=meta["position"],
                              last_resample_step=meta["last_resample_step"],
-                             tokens_since_fired=extra["tokens_since_fired"], rng_state=extra["rng_state"])
+                             tokens_since_fired=extra["tokens_since_fired"], rng_state=extra["rng_state"],
+                             resampled=int(meta.get("resampled", 0)))
     except (KeyError, ValueError) as e:
         raise SaekitError(f"checkpoint {path} is incomplete or inconsistent: {e}") from None
     return sae, optimizer, state

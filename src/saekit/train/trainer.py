@@ -112,6 +112,7 @@ class Trainer:
             if self.sae.cfg.d_in != self.source.d_in:
                 raise SaekitError(f"checkpoint d_in={self.sae.cfg.d_in} does not match the data's {self.source.d_in}")
             self.step, self.position, self.last_resample = state.step, state.position, state.last_resample_step
+            self.resampled = state.resampled
             self.tracker = DeadLatentTracker(self.sae.cfg.n_latents, self.device)
             self.tracker.tokens_since_fired.copy_(state.tokens_since_fired)
             torch.set_rng_state(state.rng_state)
@@ -123,14 +124,13 @@ class Trainer:
             torch.manual_seed(cfg.seed)
             self.sae = initialise(cfg, self.source).to(self.device)
             self.optimizer = make_optimizer(self.sae, cfg)
-            self.step, self.position, self.last_resample = 0, None, None
+            self.step, self.position, self.last_resample, self.resampled = 0, None, None, 0
             self.tracker = DeadLatentTracker(self.sae.cfg.n_latents, self.device)
             if main:
                 self.out.mkdir(parents=True, exist_ok=True)
                 (self.out / "metrics.jsonl").unlink(missing_ok=True)
         if main:
             atomic_write_text(self.out / "config.yaml", dump_yaml(replace(cfg, sae=self.sae.cfg)))
-        self.resampled = 0
         self.cluster.barrier()  # every rank has looked for checkpoints before rank 0 writes any
         self.loss_fn = self.cluster.wrap(self.sae)
 
@@ -212,13 +212,13 @@ class Trainer:
                "fvu": metrics.fvu(scaled, x_hat), "gamma": metrics.relative_reconstruction_bias(scaled, x_hat),
                "dead_fraction": self.tracker.dead_fraction(self.cfg.dead_window_tokens)}
         if self.sae.uses_sparsity_penalty and self.cfg.resample_every:
-            row["resampled"] = self.resampled  # latents resampled so far in this process's run
+            row["resampled"] = self.resampled  # latents resampled so far in the run
         row.update({k: v.item() for k, v in out.terms.items()})
         return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}
 
     def checkpoint(self) -> Path:
         state = TrainerState(self.step, self.position, self.last_resample,
-                             self.tracker.tokens_since_fired.cpu(), torch.get_rng_state())
+                             self.tracker.tokens_since_fired.cpu(), torch.get_rng_state(), self.resampled)
         return save_checkpoint(self.out, self.sae, self.optimizer, state, keep=self.cfg.keep_checkpoints)
 
     def _truncate_log(self, step: int) -> None:
