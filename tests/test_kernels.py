@@ -83,18 +83,22 @@ def test_unit_norm_relu_and_empty_tokens() -> None:
     _compare("relu", x, cfg={"unit_norm_atoms": True})
 
 
-def test_auto_mode_takes_both_paths() -> None:
-    sae = _sae("relu", "auto")
-    x = torch.randn(B, D, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        z = kernels.linear(x * 0.7 - sae.b_dec, sae.W_enc, sae.b_enc)
-    assert kernels.use_sparse("auto", kernels.sampled_density(z)) is (kernels.sampled_density(z) <= 0.05)
-    _compare("relu", x)  # ~10% density: auto would go dense; forced sparse still matches
-    with torch.no_grad():
-        sae.b_enc.fill_(-100.0)
-    out = sae.loss(x)
-    out.loss.backward()
-    assert out.codes.count_nonzero() == 0 and sae.W_enc.grad.abs().sum() == 0
+def test_auto_mode_picks_the_path_by_measured_density() -> None:
+    assert kernels.use_sparse("auto", kernels.SPARSE_MAX_DENSITY)
+    assert not kernels.use_sparse("auto", kernels.SPARSE_MAX_DENSITY + 0.01)
+    for arch, bias in (("relu", "b_enc"), ("gated", "b_gate")):
+        sae = _sae(arch, "auto")
+        x = torch.randn(B, D, generator=torch.Generator().manual_seed(7))
+        with torch.no_grad():
+            getattr(sae, bias).fill_(100.0)  # every latent on: the dense path
+        assert not isinstance(sae.loss(x)._codes, kernels.SparseCodes), arch
+        with torch.no_grad():
+            getattr(sae, bias).fill_(-100.0)  # none on: the sparse path, with nothing to train
+        sae.zero_grad(set_to_none=True)
+        out = sae.loss(x)
+        out.loss.backward()
+        assert isinstance(out._codes, kernels.SparseCodes), arch
+        assert out.codes.count_nonzero() == 0 and sae.encoder_weight().grad.abs().sum() == 0, arch
 
 
 def test_gated_aux_does_not_train_decoder() -> None:

@@ -31,8 +31,10 @@ from torch import Tensor
 from saekit.errors import SaekitError
 
 KERNELS = ("auto", "dense", "sparse")
-SPARSE_MAX_DENSITY = 0.05
-"""auto: the sparse kernels are used when at most this share of a batch's codes is active."""
+SPARSE_MAX_DENSITY = 0.15
+"""auto: the sparse kernels are used when at most this share of a batch's codes is active. Measured
+crossover on 2 CPU threads (sparse step = dense step): ReLU at ~20% density, Gated at ~20–25%, both at
+d_in=576 with 2,304 latents x 2,048 tokens and 9,216 x 4,096; at 12% the sparse step was 1.6x faster."""
 DENSITY_SAMPLE_ROWS = 512
 """auto: the density of a batch is measured on (at most) this many of its tokens before the full pass."""
 
