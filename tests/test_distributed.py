@@ -41,14 +41,17 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     assert steps == [5, 10, 15, 20, 25, 30]  # rank 0 alone logs
 
 
-def test_a_distributed_run_resumes(tmp_path):
-    """15 steps, then --resume to 30 under torchrun: the weights of a straight 30-step single-process run
-    (schedules flat, so that stopping early changes nothing before step 15)."""
+@pytest.mark.parametrize("resume_processes", [2, 1])
+def test_a_distributed_run_resumes(tmp_path, resume_processes):
+    """15 steps with 2 processes, then --resume to 30 with 2 or with 1: the weights of a straight 30-step
+    single-process run (schedules flat, so that stopping early changes nothing before step 15). Data
+    positions are global, so the number of processes may change between the two."""
     flat = {"warmup_steps": 1, "decay_fraction": 0.0, "sparsity_warmup_fraction": 0.0, "ckpt_every": 5}
     first = torchrun_train(_cfg(tmp_path, "ddp", steps=15, **flat), tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     # another init seed: only a run that really continues from the checkpoint can match the straight run
-    second = torchrun_train(_cfg(tmp_path, "ddp", steps=30, seed=1, **flat), tmp_path, extra=("--resume",))
+    second = torchrun_train(_cfg(tmp_path, "ddp", steps=30, seed=1, **flat), tmp_path, nproc=resume_processes,
+                            extra=("--resume",))
     assert second.returncode == 0, second.stderr[-3000:]
     single = train(_cfg(tmp_path, "single", steps=30, **flat))
     ddp = load(tmp_path / "ddp" / "sae")
