@@ -137,11 +137,26 @@ def build_methods(sae: Any, D: FrozenDictionary, args: argparse.Namespace, mlps:
         out.append(Method(f"omp k={k}", "omp", k, lambda xs, k=k: (orthogonal_matching_pursuit(xs, W, b, k=k),
                                                                     flops.orthogonal_matching_pursuit(n, d, k), None, True)))
     for lam, mlp in mlps.items():
-        out.append(Method(f"mlp λ={lam:g}", "mlp", lam, lambda xs, mlp=mlp: (mlp(xs), mlp.flops(), None, True)))
+        label = "mlp from sae" if args.mlp_init == "sae" else "mlp"
+        out.append(Method(f"{label} λ={lam:g}", "mlp", lam, lambda xs, mlp=mlp: (mlp(xs), mlp.flops(), None, True)))
     return out
 
 
-def train_mlps(D: FrozenDictionary, store: str, args: argparse.Namespace) -> tuple[dict[float, MLPEncoder], list[dict]]:
+def linear_part(sae: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(W, b, b_in) of a ReLU encoder ReLU(W (x_s − b_in) + b) with the SAE's support, in scaled units.
+
+    Gated: exp(r_mag) ⊙ π_gate = π_mag − θ, so ReLU(exp(r_mag) ⊙ π_gate) fires exactly where the Gated
+    SAE does, with its magnitudes lowered by the JumpReLU threshold θ. ReLU / TopK: the encoder itself
+    (TopK's selection is not linear; its ReLU part is the start)."""
+    with torch.no_grad():
+        if sae.cfg.architecture == "gated":
+            scale = sae.r_mag.exp()
+            return scale[:, None] * sae.W_gate, scale * sae.b_gate, sae.b_dec.clone()
+        return sae.W_enc.clone(), sae.b_enc.clone(), sae.b_dec.clone()
+
+
+def train_mlps(D: FrozenDictionary, store: str, args: argparse.Namespace,
+               sae: Any = None) -> tuple[dict[float, MLPEncoder], list[dict]]:
     from saekit.data.store import open_store_source
 
     src = open_store_source(store, "train", expected_d_in=D.d_in)
@@ -149,7 +164,11 @@ def train_mlps(D: FrozenDictionary, store: str, args: argparse.Namespace) -> tup
     mlps, info = {}, []
     for lam in args.mlp_lambdas:
         torch.manual_seed(args.seed)
-        enc = MLPEncoder(D.d_in, D.n_latents, ints(args.mlp_hidden))
+        if args.mlp_init == "sae":  # one hidden layer of 2·d_in, starting as the SAE's own encoder
+            enc = MLPEncoder(D.d_in, D.n_latents, [2 * D.d_in])
+            enc.start_from_linear(*linear_part(sae))
+        else:
+            enc = MLPEncoder(D.d_in, D.n_latents, ints(args.mlp_hidden))
         t0 = time.perf_counter()
         res = train_frozen_dictionary(enc, x, D.W_dec, D.b_dec, TrainSettings(
             steps=args.mlp_steps, lr=args.mlp_lr, batch_size=args.mlp_batch, l1=lam, seed=args.seed))
@@ -243,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mp-k", type=ints, default=ints("16,43,96"))
     p.add_argument("--omp-k", type=ints, default=ints("16,43"))
     p.add_argument("--mlp-lambdas", type=floats, default=floats("2,4"))
-    p.add_argument("--mlp-hidden", default="1024", help="comma-separated hidden widths")
+    p.add_argument("--mlp-hidden", default="1024", help="comma-separated hidden widths (with --mlp-init random)")
+    p.add_argument("--mlp-init", default="random", choices=["random", "sae"],
+                   help="sae: one hidden layer of 2·d_in that starts as the SAE's encoder (its support exactly)")
     p.add_argument("--mlp-steps", type=int, default=400)
     p.add_argument("--mlp-batch", type=int, default=512)
     p.add_argument("--mlp-lr", type=float, default=1e-3)
@@ -276,7 +297,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     families = [f for f in args.families.split(",") if f]
     if unknown := sorted(set(families) - set(FAMILIES)):
         raise SaekitError(f"unknown method families {unknown}; choose from {', '.join(FAMILIES)}")
-    mlps, mlp_info = train_mlps(D, args.store, args) if args.mlp_lambdas and "mlp" in families else ({}, [])
+    mlps, mlp_info = train_mlps(D, args.store, args, sae) if args.mlp_lambdas and "mlp" in families else ({}, [])
     methods = [m for m in build_methods(sae, D, args, mlps) if m.family in families]
     model, tok = load_model(lm.model, device="cpu", dtype=lm.dtype)
     hp = resolve_hookpoint(model, lm.hookpoint)

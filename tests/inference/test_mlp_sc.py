@@ -83,3 +83,14 @@ def test_sparse_coding_recovers_small_dictionary(data) -> None:
     assert res.train_flops > 0 and len(res.code_iters) == 100
     with pytest.raises(SaekitError):
         sparse_coding.learn(x, 0)
+
+
+def test_mlp_started_from_a_linear_encoder_is_that_encoder() -> None:
+    gen = torch.Generator().manual_seed(5)
+    W, b, b_in = torch.randn(16, 8, generator=gen), torch.randn(16, generator=gen), torch.randn(8, generator=gen)
+    enc = MLPEncoder(8, 16, [16])
+    enc.start_from_linear(W, b, b_in)
+    x = torch.randn(40, 8, generator=gen)
+    torch.testing.assert_close(enc(x), ((x - b_in) @ W.T + b).relu())
+    with pytest.raises(SaekitError, match="2d"):
+        MLPEncoder(8, 16, [12]).start_from_linear(W, b)

@@ -61,6 +61,26 @@ class MLPEncoder(nn.Module):
         self.net[0].bias.zero_()
 
 
+    @torch.no_grad()
+    def start_from_linear(self, W: Tensor, b: Tensor, b_in: Tensor | None = None) -> None:
+        """One hidden layer of width 2·d_in: start as exactly the linear encoder ReLU(W (x − b_in) + b).
+
+        The hidden layer holds ReLU(x − b_in) and ReLU(b_in − x) (W_1 = [I; −I]), from which the output
+        layer [W, −W] rebuilds W (x − b_in). Training then starts from a working encoder, with every
+        latent that the linear one uses alive, instead of from random weights."""
+        d, n = self.widths[0], self.widths[-1]
+        if self.widths != [d, 2 * d, n] or W.shape != (n, d) or b.shape != (n,):
+            raise SaekitError(f"start_from_linear needs widths [d, 2d, n] and W [n, d], b [n]; got {self.widths}, "
+                              f"{tuple(W.shape)}, {tuple(b.shape)}")
+        eye = torch.eye(d, dtype=W.dtype, device=W.device)
+        shift = b_in if b_in is not None else torch.zeros(d, dtype=W.dtype, device=W.device)
+        first, last = self.net[0], self.net[2]
+        first.weight.copy_(torch.cat([eye, -eye]))
+        first.bias.copy_(torch.cat([-shift, shift]))
+        last.weight.copy_(torch.cat([W, -W], dim=1))
+        last.bias.copy_(b)
+
+
 @dataclass
 class TrainSettings:
     """Optimisation settings shared by every regime."""
