@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from saekit.errors import SaekitError
+from saekit import losses
 from saekit.inference import fista, flops, matching_pursuit, orthogonal_matching_pursuit
 from saekit.inference.lm import FrozenDictionary, gated_encoder_flops, nnls_on_support, nnls_refit_flops
 from saekit.inference.mlp import MLPEncoder, TrainSettings, train_frozen_dictionary
@@ -138,7 +139,12 @@ def build_methods(sae: Any, D: FrozenDictionary, args: argparse.Namespace, mlps:
                                                                     flops.orthogonal_matching_pursuit(n, d, k), None, True)))
     for lam, mlp in mlps.items():
         label = "mlp from sae" if args.mlp_init == "sae" else "mlp"
-        out.append(Method(f"{label} λ={lam:g}", "mlp", lam, lambda xs, mlp=mlp: (mlp(xs), mlp.flops(), None, True)))
+        name = f"{label} → omp k={lam:g} codes" if args.mlp_objective == "omp" else f"{label} λ={lam:g}"
+        out.append(Method(name, "mlp", lam, lambda xs, mlp=mlp: (mlp(xs), mlp.flops(), None, True)))
+        if args.mlp_objective == "omp":  # a regression leaves many small positive outputs: keep the k largest
+            k = int(lam)
+            out.append(Method(f"{name}, top {k}", "mlp", lam, lambda xs, mlp=mlp, k=k: (
+                losses.topk_codes(mlp(xs), k), mlp.flops() + n, None, True)))  # + one comparison per latent
     return out
 
 
@@ -162,6 +168,8 @@ def train_mlps(D: FrozenDictionary, store: str, args: argparse.Namespace,
     src = open_store_source(store, "train", expected_d_in=D.d_in)
     x = D.scale(src.sample(args.mlp_train_tokens))
     mlps, info = {}, []
+    if args.mlp_objective == "omp":  # regime (i): regress OMP's codes (an unbiased sparse solution)
+        return train_mlp_on_omp(D, x, args, sae)
     for lam in args.mlp_lambdas:
         torch.manual_seed(args.seed)
         if args.mlp_init == "sae":  # one hidden layer of 2·d_in, starting as the SAE's own encoder
@@ -178,6 +186,33 @@ def train_mlps(D: FrozenDictionary, store: str, args: argparse.Namespace,
         print(f"mlp λ={lam:g}: {time.perf_counter() - t0:.0f} s, final loss {res.final_loss:.2f}", flush=True)
         mlps[lam] = enc
     return mlps, info
+
+
+def train_mlp_on_omp(D: FrozenDictionary, x: torch.Tensor, args: argparse.Namespace,
+                     sae: Any) -> tuple[dict[float, MLPEncoder], list[dict]]:
+    """An MLP trained to output the codes OMP (k = --mlp-omp-k) finds on the training tokens."""
+    from saekit.inference.mlp import train_supervised
+
+    t0 = time.perf_counter()
+    targets = torch.cat([orthogonal_matching_pursuit(x[i:i + 1024], D.W_dec, D.b_dec, k=args.mlp_omp_k)
+                         for i in range(0, x.shape[0], 1024)])
+    omp_s = time.perf_counter() - t0
+    print(f"OMP targets for {x.shape[0]} tokens: {omp_s:.0f} s", flush=True)
+    torch.manual_seed(args.seed)
+    if args.mlp_init == "sae":
+        enc = MLPEncoder(D.d_in, D.n_latents, [2 * D.d_in])
+        enc.start_from_linear(*linear_part(sae))
+    else:
+        enc = MLPEncoder(D.d_in, D.n_latents, ints(args.mlp_hidden))
+    t0 = time.perf_counter()
+    res = train_supervised(enc, x, targets, TrainSettings(steps=args.mlp_steps, lr=args.mlp_lr,
+                                                         batch_size=args.mlp_batch, seed=args.seed))
+    enc.eval().requires_grad_(False)
+    info = [{"objective": f"omp k={args.mlp_omp_k}", "final_loss": res.final_loss, "samples_seen": res.samples_seen,
+             "train_flops": res.train_flops, "seconds": time.perf_counter() - t0, "omp_seconds": omp_s,
+             "widths": enc.widths}]
+    print(f"mlp on OMP codes: {time.perf_counter() - t0:.0f} s, final loss {res.final_loss:.2f}", flush=True)
+    return {float(args.mlp_omp_k): enc}, info
 
 
 def lm_of_store(store: str) -> Any:
@@ -263,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--omp-k", type=ints, default=ints("16,43"))
     p.add_argument("--mlp-lambdas", type=floats, default=floats("2,4"))
     p.add_argument("--mlp-hidden", default="1024", help="comma-separated hidden widths (with --mlp-init random)")
+    p.add_argument("--mlp-objective", default="l1", choices=["l1", "omp"],
+                   help="l1: reconstruction + λ·L1 on the frozen dictionary; omp: regress OMP's codes (--mlp-omp-k)")
+    p.add_argument("--mlp-omp-k", type=int, default=43)
     p.add_argument("--mlp-init", default="random", choices=["random", "sae"],
                    help="sae: one hidden layer of 2·d_in that starts as the SAE's encoder (its support exactly)")
     p.add_argument("--mlp-steps", type=int, default=400)
