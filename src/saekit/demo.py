@@ -104,9 +104,9 @@ def lm_demo(cmd: DemoCommand) -> list[dict]:
     summary, _ = evaluate_reconstruction(sae, open_store_source(store, "eval"), cmd.eval_tokens, 4096)
     spliced = splice_saes(lm, {"gated": sae}, cmd.splice_contexts, model=model, tokenizer=tokenizer)["gated"]
     pages = FeaturesCommand(sae=out / "sae", n_contexts=64, n_show=32)
-    write_features(sae, lm, model, tokenizer, pages)
+    _, pages_dir = write_features(sae, lm, model, tokenizer, pages)
     print(f"total {time.perf_counter() - start:.0f} s; SAE saved to {out / 'sae'}; "
-          f"what 32 of its latents respond to: {out / 'features' / 'index.html'}")
+          f"what 32 of its latents respond to: {pages_dir / 'index.html'}")
     return [{"architecture": "gated", "hookpoint": cmd.hookpoint, "latents": sae.cfg.n_latents,
              "train tokens": cfg.steps * cfg.batch_size, "L0": summary["l0"], "FVU": summary["fvu"],
              "gamma": summary["gamma"], "dead": summary["dead_fraction"],

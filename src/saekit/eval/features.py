@@ -205,8 +205,9 @@ def feature_report(model: nn.Module, tokenizer: Any, hp: Hookpoint, sae: nn.Modu
     return {"summary": summary, "latents": latents, "frequency": freq.tolist()}
 
 
-def write_features(sae: nn.Module, lm: Any, model: nn.Module, tokenizer: Any, cfg: FeaturesCommand) -> dict[str, Any]:
-    """Scan ``lm``'s held-out text with ``sae`` and write index.html and features.json to the output folder."""
+def write_features(sae: nn.Module, lm: Any, model: nn.Module, tokenizer: Any,
+                   cfg: FeaturesCommand) -> tuple[dict[str, Any], Path]:
+    """Scan ``lm``'s held-out text with ``sae``; write index.html and features.json. Returns (report, folder)."""
     from saekit.data.hookpoints import resolve_hookpoint
     from saekit.eval.splice import clean_json, held_out_contexts
     from saekit.io import atomic_write_json, atomic_write_text
@@ -220,7 +221,7 @@ def write_features(sae: nn.Module, lm: Any, model: nn.Module, tokenizer: Any, cf
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "features.json", clean_json(report))
     atomic_write_text(out / "index.html", render_dashboard(report))
-    return report
+    return report, out
 
 
 def main(argv: list[str]) -> None:
@@ -242,7 +243,6 @@ def main(argv: list[str]) -> None:
     if lm is None:
         raise SaekitError("features needs an SAE trained on language-model data (source lm or store)")
     model, tokenizer = load_model(lm.model, device=cfg.device, dtype=lm.dtype)
-    report = write_features(sae, lm, model, tokenizer, cfg)
-    out = cfg.out or cfg.sae.parent / "features"
+    report, out = write_features(sae, lm, model, tokenizer, cfg)
     print(format_table([{"metric": k, "value": v} for k, v in report["summary"].items()]))
     print(f"wrote {out / 'index.html'} ({len(report['latents'])} latents) and {out / 'features.json'}")
