@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from saekit.data.harvest import activations, activations_and_grads, next_token_ce
-from saekit.data.hookpoints import find_blocks, resolve_hookpoint, run_captured
+from saekit.data.hookpoints import capture, edited, find_blocks, resolve_hookpoint, run_captured
 from saekit.errors import SaekitError
 
 
@@ -83,3 +83,22 @@ def test_bad_hookpoints(tiny_model):
         assert "\n" not in str(e.value)
     with pytest.raises(SaekitError, match="0..1"):
         resolve_hookpoint(tiny_model, "mlp_out.7")
+
+
+def test_captured_and_edited_tensors_are_copies(tiny_model, tokenizer):
+    """A model that adds into a module's output in place after the hook (Falcon's parallel block does)
+    changes neither what was captured nor a tensor that an edit returned."""
+    ids, attn = _ids(tokenizer, seed=4)
+    hp = resolve_hookpoint(tiny_model, "mlp_out.0")
+    clean = run_captured(tiny_model, hp, ids, attn)
+    fixed = torch.zeros_like(clean)
+    for ctx in (capture(hp), edited(hp, lambda act: fixed)):
+        with ctx as got:
+            h = hp.module.register_forward_hook(lambda m, i, o: o.add_(1.0))  # runs after saekit's hook
+            try:
+                tiny_model(input_ids=ids, attention_mask=attn)
+            finally:
+                h.remove()
+        if got is not None:
+            torch.testing.assert_close(got["acts"], clean)
+    assert torch.equal(fixed, torch.zeros_like(clean))
