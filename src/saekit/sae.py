@@ -21,6 +21,7 @@ from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
 from saekit.kernels import SparseCodes, chunk_rows
+from saekit.rng import stream
 
 if TYPE_CHECKING:
     from saekit.config import SAEConfig
@@ -203,8 +204,7 @@ def build_sae(cfg: "SAEConfig", seed: int = 0) -> SparseAutoencoder:
     cfg.validate()
     cls = architecture_class(cfg.architecture)
     sae = cls(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    sae.dictionary.reset_random(gen)
+    sae.dictionary.reset_random(stream("sae.init", seed))  # never the stream of the data or the truth
     sae.init_encoder_from_decoder()
     return sae
 

@@ -21,6 +21,7 @@ from torch import Tensor
 from saekit.config import SyntheticConfig
 from saekit.data.source import Batch
 from saekit.errors import SaekitError
+from saekit.rng import stream
 
 
 def mix_seed(*parts: int) -> int:
@@ -40,8 +41,8 @@ class GroundTruth:
         if cfg.generator == "oneill" and cfg.k > cfg.n_features:
             raise SaekitError(f"synthetic k={cfg.k} exceeds n_features={cfg.n_features}")
         self.cfg = cfg
-        gen = torch.Generator().manual_seed(cfg.seed)
-        atoms = torch.randn(cfg.n_features, cfg.d, generator=gen)
+        # its own named stream: an SAE seeded like the problem never starts at the truth
+        atoms = torch.randn(cfg.n_features, cfg.d, generator=stream("synthetic.atoms", cfg.seed))
         self.dictionary = atoms / atoms.norm(dim=1, keepdim=True)
         if cfg.generator == "powerlaw":
             freq = (torch.arange(cfg.n_features, dtype=torch.float64) + 1) ** -cfg.powerlaw_exponent
@@ -93,7 +94,7 @@ class SyntheticSource:
         self.d_in = cfg.d
         self._fixed: tuple[Tensor, Tensor] | None = None
         if cfg.n_samples > 0 and split == "train":
-            self._fixed = self.truth.sample(cfg.n_samples, torch.Generator().manual_seed(cfg.seed + 1))
+            self._fixed = self.truth.sample(cfg.n_samples, stream("synthetic.fixed", cfg.seed))
 
     @property
     def train_set(self) -> tuple[Tensor, Tensor] | None:
@@ -101,12 +102,12 @@ class SyntheticSource:
 
     def eval_set(self, n: int) -> tuple[Tensor, Tensor]:
         """Held-out samples with their true codes (never seen in training)."""
-        return self.truth.sample(n, torch.Generator().manual_seed(mix_seed(self.cfg.seed, 4)))
+        return self.truth.sample(n, stream("synthetic.eval", self.cfg.seed))
 
     def sample(self, n: int) -> Tensor:
         if self._fixed is not None:
             return self._fixed[0][:n]
-        return self.truth.sample(n, torch.Generator().manual_seed(self.cfg.seed + 3))[0]
+        return self.truth.sample(n, stream("synthetic.sample", self.cfg.seed))[0]
 
     def batches(self, batch_size: int, position: dict[str, Any] | None = None) -> Iterator[tuple[Batch, dict[str, Any]]]:
         index = int((position or {}).get("batch", 0))
@@ -116,7 +117,7 @@ class SyntheticSource:
 
     def _batch(self, index: int, batch_size: int) -> Tensor:
         if self._fixed is None:  # fresh samples, a function of (seed, batch index) alone
-            gen = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 1 if self.split == "train" else 3, index))
+            gen = stream("synthetic.train" if self.split == "train" else "synthetic.eval-batches", self.cfg.seed, index)
             return self.truth.sample(batch_size, gen)[0]
         n = self._fixed[0].shape[0]
         start = index * batch_size
@@ -125,5 +126,4 @@ class SyntheticSource:
         return self._fixed[0][torch.cat(rows)]
 
     def _epoch_order(self, epoch: int) -> Tensor:
-        gen = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 2, epoch))
-        return torch.randperm(self._fixed[0].shape[0], generator=gen)  # type: ignore[index]
+        return torch.randperm(self._fixed[0].shape[0], generator=stream("synthetic.order", self.cfg.seed, epoch))  # type: ignore[index]
