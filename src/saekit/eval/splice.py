@@ -106,12 +106,15 @@ def check_contexts(ctxs: list[Context], context_length: int) -> None:
 
 @torch.no_grad()
 def evaluate_splice(model: nn.Module, hp: Hookpoint, saes: dict[str, Any], ctxs: list[Context],
-                    batch_contexts: int = 8, n_latents: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+                    batch_contexts: int = 8, n_latents: dict[str, int] | None = None,
+                    per_context: bool = False) -> dict[str, dict[str, Any]]:
     """Splice every SAE (or reconstructor) of ``saes`` into ``model`` at ``hp`` on ``ctxs``; one result per name.
 
     Clean, zero- and mean-ablated runs are shared between the SAEs. ``n_latents`` sizes the density
     statistics for plain callables (an SAE brings its own ``cfg.n_latents``). An SAE wrapped in
     ``WithGradients`` is encoded with the clean LM-loss gradient (one forward + backward per batch).
+    ``per_context`` adds each context's counted targets and CE / KL sums (``per_context`` key), the
+    input of the paired bootstrap in ``saekit.eval.stats``.
     """
     if not ctxs:
         raise SaekitError("no evaluation contexts")
@@ -127,6 +130,9 @@ def evaluate_splice(model: nn.Module, hp: Hookpoint, saes: dict[str, Any], ctxs:
     ce = {k: 0.0 for k in ("clean", "zero", "mean", *(f"sae:{n}" for n in saes))}
     kl = dict.fromkeys(ce, 0.0)
     count = 0
+    ctx_count: list[float] = []
+    ctx_ce: dict[str, list[float]] = {k: [] for k in ce}
+    ctx_kl: dict[str, list[float]] = {k: [] for k in ce}
     for group in batches_of(ctxs, batch_contexts):
         ids, attn, mask = collate(group)
         ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
@@ -135,6 +141,8 @@ def evaluate_splice(model: nn.Module, hp: Hookpoint, saes: dict[str, Any], ctxs:
             continue
         targets = ids[:, 1:][sel]
         count += int(sel.sum())
+        rows = sel.nonzero()[:, 0]  # the context of every counted prediction
+        ctx_count.extend(sel.sum(dim=1).double().tolist())
         clean = _logprobs(model, ids, attn, sel)
         if need_grads:
             with torch.enable_grad():  # the loss is formed outside the forward's own enable_grad
@@ -143,8 +151,14 @@ def evaluate_splice(model: nn.Module, hp: Hookpoint, saes: dict[str, Any], ctxs:
         def account(key: str, fn: Callable[[Tensor], Tensor] | None) -> None:
             with replaced(hp, mask, fn):
                 lp = clean if fn is None else _logprobs(model, ids, attn, sel)
-            ce[key] += F.nll_loss(lp, targets, reduction="sum").item()
-            kl[key] += F.kl_div(lp, clean, log_target=True, reduction="sum").item()  # Σ p_clean (log p_clean − log p)
+            nll = F.nll_loss(lp, targets, reduction="none").double()
+            kls = F.kl_div(lp, clean, log_target=True, reduction="none").sum(-1).double()  # p_clean (log p_clean − log p)
+            ce[key] += nll.sum().item()
+            kl[key] += kls.sum().item()
+            if per_context:
+                n_ctx = sel.shape[0]
+                ctx_ce[key].extend(torch.zeros(n_ctx, dtype=torch.float64, device=nll.device).index_add_(0, rows, nll).tolist())
+                ctx_kl[key].extend(torch.zeros(n_ctx, dtype=torch.float64, device=kls.device).index_add_(0, rows, kls).tolist())
 
         account("clean", None)
         account("zero", torch.zeros_like)
@@ -159,7 +173,13 @@ def evaluate_splice(model: nn.Module, hp: Hookpoint, saes: dict[str, Any], ctxs:
             account(f"sae:{name}", splice)
     if count == 0:
         raise SaekitError("the evaluation contexts have no included next-token targets")
-    return {name: _summarise(ce, kl, count, name, stats[name], has_codes[name]) for name in saes}
+    out = {name: _summarise(ce, kl, count, name, stats[name], has_codes[name]) for name in saes}
+    if per_context:
+        for name in saes:
+            out[name]["per_context"] = {"count": ctx_count, "ce_clean": ctx_ce["clean"], "ce_zero": ctx_ce["zero"],
+                                        "ce_mean": ctx_ce["mean"], "ce_sae": ctx_ce[f"sae:{name}"],
+                                        "kl_sae": ctx_kl[f"sae:{name}"]}
+    return out
 
 
 def _summarise(ce: dict[str, float], kl: dict[str, float], count: int, name: str, stats: ReconstructionStats,

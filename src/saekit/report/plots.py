@@ -88,3 +88,7 @@ def density_plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str = 
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+pyplot = _pyplot  # public names for the reproductions' own figures
+save_figure = _save
