@@ -18,8 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("Train and evaluate a grid of SAEs (architectures x λ/k x widths) on shared data; table + plots", "saekit.sweep:main"),
     "features": ("What each latent responds to: firing stats, top-activating contexts, logit effects; HTML dashboard", "saekit.eval.features:main"),
     "steer-eval": ("Steer the LM with a sample of an SAE's latents: effect on target tokens vs KL", "saekit.eval.steering:main"),
+    "reproduce": ("Reproduce a paper's headline results: gated, gsae, decoupled-synthetic, decoupled-lm "
+                  "(--scale smoke|cpu|gpu; resumable)", "saekit.reproduce.command:main"),
     "demo": ("The end-to-end demo run by `make demo`", "saekit.demo:main"),
-    "bench-synthetic": ("O'Neill et al. synthetic benchmark of encoders and inference methods", "saekit.inference.bench_synthetic:main"),
 }
 
 
