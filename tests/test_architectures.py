@@ -92,25 +92,131 @@ def test_gated_auxiliary_loss_gives_exactly_zero_gradient_to_the_decoder():
     assert torch.count_nonzero(torch.autograd.grad(mse, [sae.W_dec])[0]) > 0
 
 
-def test_trained_gated_sae_equals_jumprelu_with_derived_threshold():
+def _hand_gated():
+    """d = 2, three latents; W_mag = diag(2, 1, 4) W_gate; b_dec = (1, 0)."""
+    sae = build_sae(SAEConfig(architecture="gated", d_in=2, n_latents=3, l1_coeff=0.1))
+    with torch.no_grad():
+        sae.W_gate.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        sae.b_gate.copy_(torch.tensor([-1.0, 0.5, -2.5]))
+        sae.r_mag.copy_(torch.tensor([math.log(2.0), 0.0, math.log(4.0)]))
+        sae.b_mag.copy_(torch.tensor([0.5, -1.0, 1.0]))
+        sae.b_dec.copy_(torch.tensor([1.0, 0.0]))
+    return sae
+
+
+def test_gated_codes_are_a_jumprelu_of_the_magnitude_path_hand_case():
+    """θ by hand: b_mag − exp(r_mag) ⊙ b_gate = (0.5 + 2, −1 − 0.5, 1 + 4·2.5) = (2.5, −1.5, 11).
+    x' = x − b_dec; z = π_mag = W_mag x' + b_mag; JumpReLU f = ReLU(z) ⊙ H(z − θ) (the ReLU matters where
+    θ < 0, latent 1). Row by row (gate π_gate = W_gate x' + b_gate):
+      x = (3, 1):    x' = (2, 1),     π_gate = (1, 1.5, 0.5),    z = (4.5, 0, 13)    -> f = (4.5, 0, 13)
+      x = (1.5, 1):  x' = (0.5, 1),   π_gate = (−0.5, 1.5, −1),  z = (1.5, 0, 7)     -> f = (0, 0, 0)
+      x = (1, 2):    x' = (0, 2),     π_gate = (−1, 2.5, −0.5),  z = (0.5, 1, 9)     -> f = (0, 1, 0)
+      x = (4, 0.25): x' = (3, 0.25),  π_gate = (2, 0.75, 0.75),  z = (6.5, −0.75, 14) -> f = (6.5, 0, 14)
+    (row 2: latent 0's magnitude 1.5 is positive but below θ = 2.5, and its gate is shut)."""
+    sae = _hand_gated()
+    x = torch.tensor([[3.0, 1.0], [1.5, 1.0], [1.0, 2.0], [4.0, 0.25]])
+    expected = torch.tensor([[4.5, 0.0, 13.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [6.5, 0.0, 14.0]])
+    theta = torch.tensor([2.5, -1.5, 11.0])
+    torch.testing.assert_close(sae.jumprelu_threshold().detach(), theta)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), expected)
+        torch.testing.assert_close(sae.encode_jumprelu(x), expected)
+        # and on many inputs, against a JumpReLU built here from the hand-derived θ
+        xs = 4 * torch.randn(2000, 2)
+        z = (xs - torch.tensor([1.0, 0.0])) @ torch.tensor([[2.0, 0.0], [0.0, 1.0], [4.0, 4.0]]).T + \
+            torch.tensor([0.5, -1.0, 1.0])
+        jump = z.relu() * (z > theta)
+        f = sae.encode(xs)
+        near = ((z - theta).abs() < 1e-4).any(dim=1)  # float ties at the threshold may go either way
+        torch.testing.assert_close(f[~near], jump[~near])
+        assert (f > 0).any(dim=0).all() and (f == 0).any(dim=0).all()
+
+
+@pytest.mark.parametrize("kernels", ["dense", "sparse"])
+def test_gated_auxiliary_term_trains_b_dec_through_the_encoder_only(kernels):
+    """DESIGN.md and the paper's pseudo-code: the auxiliary reconstruction uses stop-gradient W_dec and b_dec
+    in the *decoder*, but the encoder's x' = x − b_dec is not stopped, so b_dec gets the aux gradient
+    through the gate path. Hand case (one token):
+      x = (2, 1), b_dec = (0.5, 0.5): x' = (1.5, 0.5); W_gate = diag(1, 2), b_gate = (0, −0.5): π_gate = (1.5, 0.5)
+      x̂_frozen = ReLU(π_gate) W_dec + b_dec with W_dec = [[1, 0], [1, 1]]: (2, 0.5) + (0.5, 0.5) = (2.5, 1)
+      r = x̂_frozen − x = (0.5, 0); aux = 0.25; ∂aux/∂ReLU(π_gate) = 2 W_dec r = (1, 1) (both gates open)
+      ∂aux/∂b_dec = −W_gateᵀ (1, 1) = (−1, −2)   [the decoder path, excluded, would add 2r = (1, 0)]
+      ∂aux/∂W_gate = (1, 1)ᵀ x' = [[1.5, 0.5], [1.5, 0.5]];  ∂aux/∂W_dec = 0."""
+    sae = build_sae(SAEConfig(architecture="gated", d_in=2, n_latents=2, l1_coeff=0.1, kernels=kernels))
+    with torch.no_grad():
+        sae.W_gate.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        sae.b_gate.copy_(torch.tensor([0.0, -0.5]))
+        sae.W_dec.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+        sae.b_dec.copy_(torch.tensor([0.5, 0.5]))
+    aux = sae.loss(torch.tensor([[2.0, 1.0]])).terms["aux"]
+    assert aux.item() == pytest.approx(0.25)
+    g_bdec, g_wgate, g_wdec = torch.autograd.grad(aux, [sae.b_dec, sae.W_gate, sae.W_dec], allow_unused=True)
+    torch.testing.assert_close(g_bdec, torch.tensor([-1.0, -2.0]))
+    torch.testing.assert_close(g_wgate, torch.tensor([[1.5, 0.5], [1.5, 0.5]]))
+    assert g_wdec is None or torch.count_nonzero(g_wdec) == 0
+
+
+def _auxk_by_hand(sae, x, dead, k_aux):
+    """AuxK of DESIGN.md written out: e = x − x̂ (detached); ê = TopK_{k_aux}(z on D) W_dec (no bias);
+    ‖e − ê‖² / Σ‖e − ē‖² over the batch."""
+    xs = x * sae.cfg.input_scale
+    z = (xs - sae.b_dec) @ sae.W_enc.T + sae.b_enc
+    keep = z.topk(sae.cfg.k, dim=1).indices
+    f = torch.zeros_like(z).scatter(1, keep, z.gather(1, keep).relu())
+    e = (xs - (f @ sae.W_dec + sae.b_dec)).detach()
+    zd = z.masked_fill(~dead, float("-inf"))
+    top = zd.topk(k_aux, dim=1).indices
+    e_hat = torch.zeros_like(z).scatter(1, top, z.gather(1, top).relu()) @ sae.W_dec
+    return (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
+
+
+@pytest.mark.parametrize("kernels", ["dense", "sparse"])
+def test_auxk_switches_on_with_dead_latents_and_trains_only_them(kernels):
+    sae = tiny_sae("topk", n_latents=12, k=2, kernels=kernels)
+    dead = torch.zeros(12, dtype=torch.bool)
+    dead[[3, 7, 9, 10]] = True
+    with torch.no_grad():
+        sae.b_enc[dead] += 2.0  # positive pre-activations, so the dead latents' AuxK codes are nonzero
+        sae.b_enc[~dead] += 5.0  # while the live ones still win the TopK
+    x = torch.randn(40, 6)
+    out = sae.loss(x, dead_mask=dead)
+    assert not out.fired()[dead].any()  # really dead on this batch
+    aux = out.terms["auxk"]
+    k_aux = min(sae.k_aux, 4)  # d_in // 2 = 3
+    torch.testing.assert_close(aux, _auxk_by_hand(sae, x, dead, k_aux), rtol=1e-5, atol=0)
+    assert aux.item() > 0
+    g_enc, g_benc, g_dec = torch.autograd.grad(aux, [sae.W_enc, sae.b_enc, sae.W_dec])
+    assert (g_enc[dead].abs().sum(dim=1) > 0).all() and (g_benc[dead] != 0).all()
+    assert (g_dec[dead].abs().sum(dim=1) > 0).all()
+    assert torch.count_nonzero(g_enc[~dead]) == 0 and torch.count_nonzero(g_dec[~dead]) == 0
+    # the total loss carries it with weight 1/32
+    torch.testing.assert_close(out.loss, out.terms["nmse"] + aux / 32)
+    # no dead latents: the term is exactly zero and trains nothing
+    none = sae.loss(x, dead_mask=torch.zeros(12, dtype=torch.bool))
+    assert none.terms["auxk"].item() == 0.0
+    assert torch.equal(none.loss, none.terms["nmse"])
+
+
+def test_trainer_switches_auxk_on_when_latents_die(tmp_path):
+    """dead_tokens = one batch: every latent that did not fire in the last step is dead for AuxK."""
+    import json
+    from pathlib import Path
+
     from saekit.config import DataConfig, SyntheticConfig, TrainConfig
     from saekit.train.trainer import train
 
-    cfg = TrainConfig(sae=SAEConfig(architecture="gated", n_latents=16, l1_coeff=1.0),
-                      data=DataConfig(synthetic=SyntheticConfig(n_features=12, d=8, k=2)),
-                      steps=60, batch_size=256, lr=3e-3, progress=False, ckpt_every=0)
-    import tempfile
+    def logged(dead_tokens, out):
+        cfg = TrainConfig(sae=SAEConfig(architecture="topk", n_latents=32, k=2, dead_tokens=dead_tokens),
+                          data=DataConfig(synthetic=SyntheticConfig(n_features=12, d=8, k=2)), steps=4, batch_size=32,
+                          lr=1e-3, progress=False, ckpt_every=0, log_every=1, out_dir=str(tmp_path / out),
+                          dead_window_tokens=32)
+        train(cfg)
+        return [json.loads(line) for line in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
 
-    with tempfile.TemporaryDirectory() as d:
-        cfg.out_dir = d
-        sae = train(cfg)
-    x = torch.randn(512, 8) * 2
-    gated = sae.encode(x)
-    jump = sae.encode_jumprelu(x)
-    assert torch.equal(gated, jump)
-    assert (gated > 0).any() and (gated == 0).any()
-    theta = sae.b_mag - sae.r_mag.exp() * sae.b_gate
-    assert torch.equal(sae.jumprelu_threshold(), theta)
+    rows = logged(32, "short")
+    assert rows[0]["auxk"] == 0.0  # step 1: nothing has had time to die
+    assert all(r["dead_fraction"] > 0 and r["auxk"] > 0 for r in rows[1:])
+    assert all(r["auxk"] == 0.0 for r in logged(10_000_000, "long"))
 
 
 def test_topk_keeps_exactly_k_latents():

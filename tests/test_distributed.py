@@ -67,7 +67,9 @@ def test_replicas_stay_identical_through_resampling_and_dead_latents(tmp_path, a
         kw = {"sae": SAEConfig(architecture="gated", n_latents=32, l1_coeff=50.0), "steps": 80, "lr": 3e-2,
               "warmup_steps": 1, "sparsity_warmup_fraction": 0.0, "resample_every": 20, "resample_until_fraction": 0.9}
     else:
-        kw = {"sae": SAEConfig(architecture="topk", n_latents=32, k=3, dead_tokens=64), "steps": 20}
+        # dead after one global batch without firing; the log's dead fraction counts the same set
+        kw = {"sae": SAEConfig(architecture="topk", n_latents=32, k=3, dead_tokens=64), "steps": 20,
+              "dead_window_tokens": 64, "log_every": 1}
     cfg = _cfg(tmp_path, arch, ckpt_every=5, **kw)
     done = torchrun_train(cfg, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -76,7 +78,12 @@ def test_replicas_stay_identical_through_resampling_and_dead_latents(tmp_path, a
     if arch == "gated":
         assert rows[-1]["resampled"] > 0
     else:
-        assert "auxk" in rows[-1]
+        # AuxK at step s uses the dead set counted (over both ranks' tokens) after step s − 1: it is on
+        # exactly when that set is not empty, and a positive loss then
+        assert rows[0]["auxk"] == 0.0
+        assert any(r["dead_fraction"] > 0 for r in rows)
+        for before, row in zip(rows, rows[1:]):
+            assert (row["auxk"] > 0) == (before["dead_fraction"] > 0), row["step"]
 
 
 def test_batch_must_split_evenly_over_processes(tmp_path):

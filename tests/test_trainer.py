@@ -84,7 +84,7 @@ def test_resampling_repoints_dead_latent_and_resets_adam():
     alive_norm = sae.W_enc[~dead].norm(dim=1).mean()
     assert math.isclose(sae.W_enc[3].norm().item(), 0.2 * alive_norm.item(), rel_tol=1e-5)
     assert opt.state[sae.W_enc]["exp_avg"][3].abs().sum() == 0
-    assert opt.state[sae.W_enc]["exp_avg"][2].abs().sum() > 0
+    assert opt.state[sae.W_enc]["exp_avg"][~dead].abs().sum() > 0  # the live rows keep theirs
 
 
 def test_training_logs_and_saves(tmp_path):
@@ -177,13 +177,20 @@ def test_resume_from_truncated_checkpoint_is_a_clear_error(tmp_path):
         Trainer(cfg, resume=True)
 
 
-def test_topk_recovers_oneill_dictionary(tmp_path):
-    """Acceptance: N=64 true atoms, M=32, K=3; TopK with 64 latents, k=3 -> dictionary MCC >= 0.9.
-    Budget: 300 steps x 1024 fresh samples (307k samples), lr 1e-3."""
-    data = DataConfig(synthetic=SyntheticConfig(n_features=64, d=32, k=3))
-    cfg = TrainConfig(sae=SAEConfig(architecture="topk", n_latents=64, k=3), data=data, steps=300,
-                      batch_size=1024, lr=1e-3, progress=False, out_dir=str(tmp_path / "r"), ckpt_every=0)
-    sae = train(cfg)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_topk_recovers_oneill_dictionary(tmp_path, seed):
+    """Acceptance: N=64 true atoms, M=32, K=3; TopK with 64 latents, k=3 -> dictionary MCC >= 0.9, far above
+    chance (a random dictionary scores ~0.42 here). The SAE starts at chance (tests/test_rng.py), so this
+    measures learning. Budget: 1000 steps x 1024 fresh samples (1.02M samples), lr 1e-3; seen: 0.915, 0.919,
+    0.947 for seeds 0, 1, 2 (the problem and the SAE share the seed, as a new user's defaults do)."""
     from saekit.data.synthetic import GroundTruth
+    from saekit.eval.recovery import chance_dictionary_mcc
 
-    assert dictionary_mcc(GroundTruth(data.synthetic).dictionary, sae.W_dec.detach()) >= 0.9
+    data = DataConfig(synthetic=SyntheticConfig(n_features=64, d=32, k=3, seed=seed))
+    cfg = TrainConfig(sae=SAEConfig(architecture="topk", n_latents=64, k=3), data=data, steps=1000,
+                      batch_size=1024, lr=1e-3, progress=False, out_dir=str(tmp_path / "r"), ckpt_every=0, seed=seed)
+    sae = train(cfg)
+    truth = GroundTruth(data.synthetic).dictionary
+    mcc = dictionary_mcc(truth, sae.W_dec.detach())
+    assert mcc >= 0.9
+    assert mcc > chance_dictionary_mcc(truth, 64, draws=10)["max"] + 0.3

@@ -143,6 +143,9 @@ class DataConfig:
     """Synthetic ground truth settings (source=synthetic)."""
     store: str = ""
     """Path of an activation store written by `saekit cache` (source=store)."""
+    store_seed: int = 0
+    """Seed of the store reader's shard order and row permutations (source=store): the data order,
+    independent of the SAE's initialisation seed."""
     lm: LMConfig = field(default_factory=LMConfig)
     """Language-model settings (source=lm, and for `saekit cache`)."""
 

@@ -77,3 +77,16 @@ def test_empty_split(lm_cfg, tiny_model, tokenizer, tmp_path):
     src = LMSource(lm_cfg, split="eval", model=tiny_model, tokenizer=tokenizer)
     with pytest.raises(SaekitError, match="no activations"):
         next(src.batches(8))
+
+
+def test_iter_all_reads_the_split_once_in_order(lm_cfg, tiny_model, tokenizer):
+    """What `saekit eval` reads from an LM source: every included token of the split, once."""
+    lm_cfg.shuffle_buffer_tokens = 64  # blocks of 4 contexts
+    src = LMSource(lm_cfg, split="eval", model=tiny_model, tokenizer=tokenizer)
+    ref = torch.cat([h.acts for h in harvest(tiny_model, src.hookpoint,
+                                             contexts(tokenizer, lm_cfg.corpus, "text", 16, "eval", 0.2),
+                                             progress=False)])
+    blocks = list(src.iter_all())
+    assert len(blocks) > 1  # several shuffle blocks, read in order
+    torch.testing.assert_close(torch.cat([b.acts for b in blocks]), ref, rtol=0, atol=1e-5)
+    assert sum(b.acts.shape[0] for b in src.iter_all(max_tokens=1)) == blocks[0].acts.shape[0]

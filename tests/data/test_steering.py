@@ -77,6 +77,66 @@ def test_steer_latents_measured_and_unembed_targets(tiny_model, ctxs):
     assert out["summary"]["n_reached_budget"] >= 1
 
 
+def test_steering_adds_alpha_times_mean_norm_times_the_unit_atom_at_included_positions_only(tiny_model, ctxs):
+    """What block 1 receives when steering at resid_post.0 is the clean activation plus exactly
+    α·m·d_i/‖d_i‖ at the included positions and nothing elsewhere, m = mean ‖x‖ over the included tokens
+    of the measurement contexts; in order: two clean passes, the calibration pass at calib_alpha, then
+    one measurement pass per α."""
+    from saekit.data.hookpoints import find_blocks, run_captured
+    from saekit.data.text import collate
+
+    hp = resolve_hookpoint(tiny_model, "resid_post.0")
+    topk, _ = sae_pair(0.0)
+    with torch.no_grad():
+        topk.W_dec[5] *= 3.0  # a non-unit atom: the direction is normalised, the size is α·m
+    cal, ev = ctxs[:2], ctxs[2:5]
+    inputs = []
+    hook = find_blocks(tiny_model)[1].register_forward_pre_hook(
+        lambda m, args, kwargs: inputs.append((args[0] if args else kwargs["hidden_states"]).detach().clone()),
+        with_kwargs=True)
+    try:
+        cfg = SteerCommand(sae=None, alphas=(0.5, 2.0), calib_alpha=1.5, n_targets=2, kl_budget=0.1)  # type: ignore[arg-type]
+        steer_latents(tiny_model, hp, topk, cal, ev, cfg, latents=[5])
+    finally:
+        hook.remove()
+    batches = [collate(cal), collate(ev)]
+    clean = {k: run_captured(tiny_model, hp, ids, attn) for k, (ids, attn, _) in enumerate(batches)}
+    ev_mask = batches[1][2]
+    m = clean[1][ev_mask].norm(dim=-1).mean()
+    u = topk.W_dec[5].detach() / topk.W_dec[5].detach().norm()
+    assert len(inputs) == 5
+    for got, (which, alpha) in zip(inputs, [(0, 0.0), (1, 0.0), (0, 1.5), (1, 0.5), (1, 2.0)]):
+        mask = batches[which][2]
+        expected = alpha * m * mask[..., None].float() * u
+        torch.testing.assert_close(got - clean[which], expected, rtol=1e-5, atol=1e-7)
+        assert torch.equal(got[~mask], clean[which][~mask])  # BOS and padding untouched
+
+
+def test_a_latent_whose_atom_writes_one_token_steers_towards_that_token(tiny_model, tokenizer, ctxs):
+    """At the last block the residual goes through the final norm's gain w and W_U: an atom d with
+    W_U (w ⊙ d) ∝ e_t (built here by least squares) promotes token t alone on the direct path, so both
+    target methods pick t first (measured at a small calib_alpha: at larger ones the norm's 1/rms, which
+    flattens every logit, lifts the rarest tokens as much), and its log-probability rises with α."""
+    hp = resolve_hookpoint(tiny_model, "resid_post.1")
+    topk, _ = sae_pair(0.0)
+    token = tokenizer.convert_tokens_to_ids("crown")
+    w_u = tiny_model.get_output_embeddings().weight.float()
+    gain = tiny_model.model.norm.weight.float()
+    onehot = torch.zeros(w_u.shape[0])
+    onehot[token] = 1.0
+    d = torch.linalg.lstsq(w_u * gain, onehot[:, None]).solution[:, 0]  # (W_U diag(w)) d = e_t
+    torch.testing.assert_close(unembed_effect(tiny_model, d), onehot, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        topk.W_dec[9] = d / d.norm()
+    for method in ("unembed", "measured"):
+        cfg = SteerCommand(sae=None, alphas=(0.25, 0.5, 1.0), calib_alpha=0.25, n_targets=1,  # type: ignore[arg-type]
+                           kl_budget=0.05, targets=method)
+        (row,) = steer_latents(tiny_model, hp, topk, ctxs[:2], ctxs[2:], cfg, latents=[9])["latents"]
+        assert row["targets"] == [token]
+        assert 0 < row["effect"][0] < row["effect"][1] < row["effect"][2]
+        assert 0 < row["kl"][0] < row["kl"][1] < row["kl"][2]
+
+
 def test_effect_at_kl_interpolates():
     assert effect_at_kl([0.1, 0.3], [1.0, 2.0], 0.2) == pytest.approx(1.5)
     assert effect_at_kl([0.2], [4.0], 0.1) == pytest.approx(2.0)  # from the origin

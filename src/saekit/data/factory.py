@@ -18,7 +18,7 @@ def make_source(cfg: DataConfig, split: str = "train") -> ActivationSource:
             raise SaekitError("data.source=store needs data.store (a folder written by `saekit cache`)")
         from saekit.data.store import open_store_source
 
-        return open_store_source(cfg.store, split=split)
+        return open_store_source(cfg.store, split=split, seed=cfg.store_seed)
     if cfg.source == "lm":
         from saekit.data.lm_source import open_lm_source
 

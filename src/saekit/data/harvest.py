@@ -2,10 +2,12 @@
 
 Without gradients the forward runs under ``torch.no_grad`` and stops right after the hooked block.
 With gradients it runs in full: the activation is swapped for a leaf tensor in a hook, the
-next-token cross-entropy is summed over every predicted token of the batch, and
-``torch.autograd.grad`` gives dCE/d(activation). Contexts are independent, so the gradient at a
-token equals the gradient of its own context's summed CE. Masked tokens (BOS, special, padding)
-are dropped after the forward.
+next-token cross-entropy is summed over the predictions that the splicing evaluation counts
+(``saekit.eval.splice``: position t predicting token t+1 where both tokens are included, i.e. neither
+BOS, a special token such as an end-of-sequence marker, nor padding), and ``torch.autograd.grad``
+gives dCE/d(activation). So the gradient a g-SAE trains with is the gradient of the loss it is
+evaluated on. Contexts are independent, so the gradient at a token equals the gradient of its own
+context's summed CE. Masked tokens are dropped after the forward.
 """
 
 from __future__ import annotations
@@ -28,14 +30,21 @@ class Harvested:
     acts: Tensor
     """[N, d] activations of the unmasked tokens, in context order then token order."""
     grads: Tensor | None
-    """[N, d] dCE/d(acts) when requested."""
+    """[N, d] dCE/d(acts) when requested (CE over the splice's counted predictions)."""
     n_contexts: int
     """Contexts this came from."""
 
 
-def next_token_ce(logits: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Cross-entropy of predicting token t+1 from position t, summed over every real target token."""
-    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+def next_token_ce(logits: Tensor, input_ids: Tensor, attention_mask: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Cross-entropy of predicting token t+1 from position t, summed: with ``mask`` (the included
+    tokens, [B, T] bool) over the splice's counted predictions, mask[t] and mask[t+1]; without it over
+    every real (non-padding) target token."""
+    if mask is None:
+        counted = attention_mask[:, 1:] != 0
+    else:
+        mask = mask.bool()
+        counted = mask[:, :-1] & mask[:, 1:]
+    targets = input_ids[:, 1:].masked_fill(~counted, -100)
     return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100,
                            reduction="sum")
 
@@ -46,13 +55,16 @@ def activations(model: nn.Module, hp: Hookpoint, input_ids: Tensor, attention_ma
     return run_captured(model, hp, input_ids, attention_mask, stop_early=stop_early)
 
 
-def activations_and_grads(model: nn.Module, hp: Hookpoint, input_ids: Tensor,
-                          attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """[B, T, d] activations and dCE/d(activations) from one full forward and backward."""
+def activations_and_grads(model: nn.Module, hp: Hookpoint, input_ids: Tensor, attention_mask: Tensor,
+                          mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """[B, T, d] activations and dCE/d(activations) from one full forward and backward.
+
+    Pass the included-token ``mask`` (as ``harvest_batch`` does) for the CE the splice evaluates; see
+    ``next_token_ce``."""
     with torch.enable_grad(), capture(hp, leaf=True) as got:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     acts = got["acts"]
-    loss = next_token_ce(logits, input_ids, attention_mask)
+    loss = next_token_ce(logits, input_ids, attention_mask, mask)
     (grads,) = torch.autograd.grad(loss, acts)
     return acts.detach(), grads
 
@@ -62,12 +74,11 @@ def harvest_batch(model: nn.Module, hp: Hookpoint, ctxs: list[Context], with_gra
     """Unmasked activations (and gradients) of one model batch, as float32 rows on the CPU."""
     device = next(model.parameters()).device
     ids, attn, mask = collate(ctxs)
-    ids, attn = ids.to(device), attn.to(device)
+    ids, attn, keep = ids.to(device), attn.to(device), mask.to(device)
     if with_grads:
-        acts, grads = activations_and_grads(model, hp, ids, attn)
+        acts, grads = activations_and_grads(model, hp, ids, attn, keep)
     else:
         acts, grads = activations(model, hp, ids, attn, stop_early=stop_early), None
-    keep = mask.to(device)
     out_acts = acts[keep].float().cpu()
     out_grads = grads[keep].float().cpu() if grads is not None else None
     return Harvested(out_acts, out_grads, len(ctxs))

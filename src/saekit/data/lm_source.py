@@ -91,6 +91,17 @@ class LMSource:
         return block_batches(self._block, batch_size, self.seed, position,
                              f"{self.split} split of corpus {self.cfg.corpus!r}")
 
+    def iter_all(self, max_tokens: int | None = None) -> Iterator[Batch]:
+        """One pass over the split in order, a block of contexts at a time (for evaluation)."""
+        seen, b = 0, 0
+        while max_tokens is None or seen < max_tokens:
+            block = self._block(0, b)
+            if block is None:
+                return
+            seen += block[0].shape[0]
+            b += 1
+            yield Batch(*block)
+
     def sample(self, n: int) -> Tensor:
         """The first n unmasked activations of the split, in order (deterministic)."""
         rows, got, stream = [], 0, self._contexts()

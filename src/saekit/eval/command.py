@@ -22,7 +22,7 @@ class EvalCommand:
     data: DataConfig | None = None
     """Evaluation data; default: the data section of the run's config.yaml next to the SAE folder."""
     tokens: int = 65536
-    """Held-out tokens (activation vectors) to evaluate on."""
+    """Held-out tokens (activation vectors) to evaluate on, each once (fewer if the held-out data has fewer)."""
     batch_size: int = 4096
     """Tokens per forward."""
     out: Path | None = None
@@ -68,6 +68,9 @@ def main(argv: list[str]) -> None:
         if source.d_in != sae.cfg.d_in:
             raise SaekitError(f"the SAE expects d_in={sae.cfg.d_in} but the data has width {source.d_in}")
         results, _ = evaluate_reconstruction(sae, source, cmd.tokens, cmd.batch_size)
+        if results["tokens"] < cmd.tokens:
+            print(f"note: the held-out data holds {results['tokens']} tokens, fewer than --tokens {cmd.tokens}; "
+                  "each was evaluated once")
     if data.source == "synthetic":
         x, codes = source.eval_set(min(cmd.tokens, 8192))
         results.update(evaluate_recovery(sae, x, codes, source.truth.dictionary))

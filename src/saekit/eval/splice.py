@@ -50,7 +50,8 @@ class WithGradients:
     """Splice ``sae`` encoding with the clean LM-loss gradient: x̂, f = sae(x, g) (a g-SAE at inference).
 
     g = ∂CE/∂(hooked activation) from one extra clean forward + backward per batch, the next-token CE
-    summed over every real target (``activations_and_grads``, as ``saekit cache --grads`` stores it). It
+    summed over exactly the predictions this evaluation counts (``activations_and_grads`` with the
+    included-token mask, as ``saekit cache --grads`` stores it). It
     uses the next-token labels, so it is an oracle-style evaluation; pass the bare SAE for β = 0 (TopK)."""
 
     def __init__(self, sae: Any) -> None:
@@ -146,7 +147,7 @@ def evaluate_splice(model: nn.Module, hp: Hookpoint, saes: dict[str, Any], ctxs:
         clean = _logprobs(model, ids, attn, sel)
         if need_grads:
             with torch.enable_grad():  # the loss is formed outside the forward's own enable_grad
-                batch_grads["g"] = activations_and_grads(model, hp, ids, attn)[1][mask].float()
+                batch_grads["g"] = activations_and_grads(model, hp, ids, attn, mask)[1][mask].float()
 
         def account(key: str, fn: Callable[[Tensor], Tensor] | None) -> None:
             with replaced(hp, mask, fn):

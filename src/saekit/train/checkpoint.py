@@ -32,6 +32,9 @@ class TrainerState:
     rng_state: torch.Tensor
     resampled: int = 0
     """Latents resampled so far in the run (for the log)."""
+    adam_row_ages: torch.Tensor | None = None
+    """[n_latents] Adam updates since each recently resampled latent's reset, −1 for the others
+    (``FreshAdamRows``); None in checkpoints written before it existed."""
 
 
 def save_checkpoint(run_dir: Path, sae: SparseAutoencoder, optimizer: torch.optim.Optimizer,
@@ -47,8 +50,10 @@ def save_checkpoint(run_dir: Path, sae: SparseAutoencoder, optimizer: torch.opti
     tensors = {f"{i}.{key}": value for i, per_param in opt_state["state"].items()
                for key, value in per_param.items() if torch.is_tensor(value)}
     atomic_save_tensors(tmp / "optimizer.safetensors", tensors)
-    atomic_save_tensors(tmp / "trainer.safetensors", {"tokens_since_fired": state.tokens_since_fired,
-                                                     "rng_state": state.rng_state})
+    extra = {"tokens_since_fired": state.tokens_since_fired, "rng_state": state.rng_state}
+    if state.adam_row_ages is not None:
+        extra["adam_row_ages"] = state.adam_row_ages
+    atomic_save_tensors(tmp / "trainer.safetensors", extra)
     atomic_write_json(tmp / "trainer.json", {
         "step": state.step,
         "position": state.position,
@@ -93,7 +98,7 @@ def load_checkpoint(path: Path, optimizer_factory) -> tuple[SparseAutoencoder, t
         state = TrainerState(step=int(meta["step"]), position=meta["position"],
                              last_resample_step=meta["last_resample_step"],
                              tokens_since_fired=extra["tokens_since_fired"], rng_state=extra["rng_state"],
-                             resampled=int(meta.get("resampled", 0)))
+                             resampled=int(meta.get("resampled", 0)), adam_row_ages=extra.get("adam_row_ages"))
     except (KeyError, ValueError) as e:
         raise SaekitError(f"checkpoint {path} is incomplete or inconsistent: {e}") from None
     return sae, optimizer, state

@@ -21,9 +21,10 @@ from saekit.data.source import ActivationSource, check_finite
 from saekit.errors import SaekitError
 from saekit.eval import metrics
 from saekit.io import atomic_write_text
+from saekit.rng import stream_seed
 from saekit.sae import SparseAutoencoder, architecture_class, build_sae
 from saekit.train.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from saekit.train.dead_latents import DeadLatentTracker, resample_dead_latents
+from saekit.train.dead_latents import DeadLatentTracker, FreshAdamRows, resample_dead_latents
 from saekit.train.initialisation import geometric_median, input_scale
 from saekit.train.schedules import lr_factor, sparsity_factor
 
@@ -59,10 +60,12 @@ def initialise(cfg: TrainConfig, source: ActivationSource) -> SparseAutoencoder:
 
 def train_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, *,
                sparsity_scale: float = 1.0, dead_mask: torch.Tensor | None = None, grads: torch.Tensor | None = None,
-               grad_clip: float = 0.0, step: int = 0, loss_fn: Callable[..., Any] | None = None) -> Any:
+               grad_clip: float = 0.0, step: int = 0, loss_fn: Callable[..., Any] | None = None,
+               fresh_rows: FreshAdamRows | None = None) -> Any:
     """One optimisation step on a batch: loss, backward, parallel-gradient removal, clipping, Adam, renormalisation.
 
-    ``loss_fn`` replaces ``sae.loss`` (the trainer passes the DDP-wrapped loss when distributed)."""
+    ``loss_fn`` replaces ``sae.loss`` (the trainer passes the DDP-wrapped loss when distributed);
+    ``fresh_rows`` gives resampled latents their own Adam step counts."""
     out = (loss_fn or sae.loss)(x, sparsity_scale=sparsity_scale, dead_mask=dead_mask, grad=grads)
     if not torch.isfinite(out.loss):
         raise SaekitError(f"loss became {out.loss.item()} at step {step}; try a lower lr")
@@ -73,7 +76,10 @@ def train_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torc
         sae.dictionary.remove_parallel_grad_()
     if grad_clip > 0:
         clip_grad_norm(sae, grad_clip)
+    snapshot = fresh_rows.before_step(sae) if fresh_rows is not None else None
     optimizer.step()
+    if fresh_rows is not None:
+        fresh_rows.after_step(sae, optimizer, snapshot)
     if unit_norm:
         sae.dictionary.normalize_()
     return out
@@ -115,17 +121,21 @@ class Trainer:
             self.resampled = state.resampled
             self.tracker = DeadLatentTracker(self.sae.cfg.n_latents, self.device)
             self.tracker.tokens_since_fired.copy_(state.tokens_since_fired)
+            self.fresh_rows = FreshAdamRows(self.sae.cfg.n_latents)
+            if state.adam_row_ages is not None:
+                self.fresh_rows.load_ages(state.adam_row_ages, self.device)
             torch.set_rng_state(state.rng_state)
             if main:
                 self._truncate_log(self.step)
         else:
             if not resume and ckpt is not None:
                 raise SaekitError(f"{self.out} already holds a run; pass --resume to continue it or choose another out_dir")
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(stream_seed("train.torch", cfg.seed))
             self.sae = initialise(cfg, self.source).to(self.device)
             self.optimizer = make_optimizer(self.sae, cfg)
             self.step, self.position, self.last_resample, self.resampled = 0, None, None, 0
             self.tracker = DeadLatentTracker(self.sae.cfg.n_latents, self.device)
+            self.fresh_rows = FreshAdamRows(self.sae.cfg.n_latents)
             if main:
                 self.out.mkdir(parents=True, exist_ok=True)
                 (self.out / "metrics.jsonl").unlink(missing_ok=True)
@@ -180,7 +190,8 @@ class Trainer:
             group["lr"] = lr
         dead_mask = self.tracker.dead(sae.cfg.dead_tokens)  # AuxK reads it; L1 architectures ignore it
         out = train_step(sae, self.optimizer, x, sparsity_scale=sparsity_factor(self.step, cfg), dead_mask=dead_mask,
-                         grads=grads, grad_clip=cfg.grad_clip, step=self.step, loss_fn=self.loss_fn)
+                         grads=grads, grad_clip=cfg.grad_clip, step=self.step, loss_fn=self.loss_fn,
+                         fresh_rows=self.fresh_rows)
         self.tracker.update(self.cluster.any_fired(out.fired()), x.shape[0] * self.cluster.world)
         self._maybe_resample(x, out)
         return out, x
@@ -199,6 +210,7 @@ class Trainer:
         n = self.cluster.broadcast_int(n)
         if n:
             self.cluster.broadcast_training_state(sae, self.optimizer)
+            self.fresh_rows.reset(dead.nonzero().squeeze(1))  # the rows resample_dead_latents reset
             self.tracker.tokens_since_fired[dead] = 0
             self.last_resample = step
             self.resampled += n
@@ -218,7 +230,8 @@ class Trainer:
 
     def checkpoint(self) -> Path:
         state = TrainerState(self.step, self.position, self.last_resample,
-                             self.tracker.tokens_since_fired.cpu(), torch.get_rng_state(), self.resampled)
+                             self.tracker.tokens_since_fired.cpu(), torch.get_rng_state(), self.resampled,
+                             self.fresh_rows.ages)
         return save_checkpoint(self.out, self.sae, self.optimizer, state, keep=self.cfg.keep_checkpoints)
 
     def _truncate_log(self, step: int) -> None:
