@@ -107,12 +107,13 @@ def run_name(architecture: str, l1: float, seed: int) -> str:
 
 
 def train_config(cfg: GatedScale, work: Path, architecture: str, l1: float, seed: int) -> TrainConfig:
-    """The training recipe of one SAE of this reproduction (also used by decoupled-lm).
+    """The training recipe of one SAE of this reproduction (also used by decoupled-lm). A seed sets both
+    the initialisation and the data order (independent streams).
 
     ``architecture`` is ``gated`` or ``relu`` (the standard SAE, unit-norm atoms)."""
     width = cfg.gated_width if architecture == "gated" else cfg.standard_width
     sae = SAEConfig(architecture=architecture, n_latents=width, l1_coeff=l1, unit_norm_atoms=True)
-    return TrainConfig(sae=sae, data=DataConfig(source="store", store=str(store_path(cfg, work))),
+    return TrainConfig(sae=sae, data=DataConfig(source="store", store=str(store_path(cfg, work)), store_seed=seed),
                        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                        resample_every=cfg.resample_every, dead_window_tokens=cfg.dead_window_tokens,
                        log_every=10, ckpt_every=50, out_dir=str(Path(work) / "runs" / run_name(architecture, l1, seed)),
