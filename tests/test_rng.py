@@ -53,3 +53,4 @@ def test_chance_level_grows_with_atoms_per_dimension():
     assert big["mean"] > small["mean"] + 0.1
     truth = torch.nn.functional.normalize(torch.randn(16, 8, generator=stream("t", 3)), dim=1)
     assert dictionary_mcc(truth, truth) == pytest.approx(1.0)
+

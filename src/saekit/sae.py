@@ -8,6 +8,7 @@ hyperparameters, which become fields of ``SAEConfig`` automatically.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -162,7 +163,11 @@ class SparseAutoencoder(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         atomic_save_tensors(directory / "model.safetensors", dict(self.state_dict()),
                             metadata={"architecture": self.architecture})
-        atomic_write_json(directory / "cfg.json", self.cfg.to_dict())
+        digest = hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()
+        atomic_write_json(directory / "cfg.json", {**self.cfg.to_dict(), WEIGHTS_SHA256: digest})
+
+
+WEIGHTS_SHA256 = "weights_sha256"  # cfg.json key: sha256 of model.safetensors, verified by load
 
 
 def register(cls: type[SparseAutoencoder]) -> type[SparseAutoencoder]:
@@ -216,8 +221,14 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> SparseAut
     directory = Path(directory)
     if not directory.is_dir():
         raise SaekitError(f"no SAE folder at {directory}")
-    cfg = SAEConfig.from_dict(read_json(directory / "cfg.json"))
+    data = read_json(directory / "cfg.json")
+    digest = data.pop(WEIGHTS_SHA256, None) if isinstance(data, dict) else None
+    cfg = SAEConfig.from_dict(data)
     sae = architecture_class(cfg.architecture)(cfg)
+    if digest is not None:  # folders written before checksums were recorded have none to verify
+        weights = directory / "model.safetensors"
+        if weights.is_file() and hashlib.sha256(weights.read_bytes()).hexdigest() != digest:
+            raise SaekitError(f"{weights} is corrupted (sha256 mismatch with cfg.json)")
     state = load_tensors(directory / "model.safetensors")
     expected = dict(sae.state_dict())
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):

@@ -48,22 +48,21 @@ class GatedScale:
     """Held-out tokens harvested (0: the whole eval split)."""
     fp16: bool = True
     """Store activations as float16."""
-    gated_width: int = 4608
-    """Gated SAE latents (8 x d_in)."""
-    standard_width: int = 6912
+    gated_width: int = 2304
+    """Gated SAE latents (4 x d_in)."""
+    standard_width: int = 3456
     """Standard SAE latents (1.5 x the Gated width: the paper's compute match)."""
     gated_lambdas: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     """λ frontier of the Gated SAE (seed 0)."""
-    standard_lambdas: tuple[float, ...] = (0.6, 0.9, 1.3, 1.8, 2.5, 3.5)
+    standard_lambdas: tuple[float, ...] = (0.7, 1.0, 1.4, 2.0, 2.8, 4.0)
     """λ frontier of the standard SAE (seed 0)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Training seeds of the seeded λ (seed 0 is the frontier's)."""
     validation_l0_targets: tuple[float, ...] = (20.0, 60.0)
     """Per architecture, the λ whose validation L0 is nearest each target (log scale) gets every seed."""
     steps: int = 300
-    """Optimiser steps per SAE (cpu: 300 x 4096 = 1.23M tokens, three quarters of the store: what 2 cores
-    can train 20 times in about an hour)."""
-    batch_size: int = 4096
+    """Optimiser steps per SAE (cpu: 300 x 2048 = 614k tokens, 38% of the store)."""
+    batch_size: int = 2048
     lr: float = 1e-3
     warmup_steps: int = 20
     resample_every: int = 75
@@ -96,7 +95,10 @@ SCALES: dict[str, GatedScale] = {
                       steps=5000, batch_size=4096, lr=5e-4, warmup_steps=200, resample_every=500,
                       validation_contexts=256, test_contexts=1024, device="cuda"),
 }
-# The cpu corpus (Shakespeare) holds 1.62M training tokens, short of the issue's 2M: every SAE sees 1.23M of them.
+# cpu: the corpus (Shakespeare) holds 1.62M training tokens, short of the issue's 2M. The issue's widths (4,608 vs
+# 6,912) at 1.2M tokens per SAE took about 11 min per SAE on this 2-core machine under load: 20 SAEs do not
+# fit a session, so the cpu scale halves the widths (same 1.5x compute match) and trains on 614k tokens each.
+# The gpu scale keeps 8x / 12x widths.
 # The gpu scale needs a corpus of >= 20M tokens (--lm.corpus); Shakespeare would cycle 12 times.
 
 
@@ -451,7 +453,18 @@ def _write(cfg: GatedScale, run: Any, rows: list[dict[str, Any]], analysis: dict
         f"used to choose λ). Test: the next {cfg.test_contexts} contexts, {first['ce_tokens']:,} counted next-token "
         f"predictions: CE clean {first['ce_clean']:.3f}, zero-ablated {first['ce_zero']:.3f}, mean-ablated "
         f"{first['ce_mean_ablation']:.3f}. L0, FVU and γ are on the test tokens.\n"
-        f"- Dead: no activation in the last {cfg.dead_window_tokens:,} training tokens (the trainer's window).",
+        f"- Dead: no activation in the last {cfg.dead_window_tokens:,} training tokens (the trainer's window)."
+        + (f" **Each SAE saw only {cfg.steps * cfg.batch_size:,} tokens, fewer than that window, so no latent "
+           "can be counted dead: the dead column is 0 by construction, not evidence.**"
+           if cfg.steps * cfg.batch_size < cfg.dead_window_tokens else ""),
+        "## Caveats\n\n"
+        "- Loss recovered saturates near 1 at this hookpoint (zero ablation is a very weak baseline: CE "
+        f"{first['ce_zero']:.2f} vs clean {first['ce_clean']:.2f}); several SAEs recover slightly *more* than "
+        "clean (ΔCE < 0). The matched comparison therefore lives in a narrow band of loss recovered and rests on "
+        "a linear fit of loss recovered in log L0; KL and ΔCE per run (table below) are the more sensitive "
+        "fidelity measures and tell the same story at matched L0.\n"
+        "- Scale: see the configuration; the issue's 4,608 vs 6,912 latents and >= 2M tokens did not fit a "
+        "2-core session (the corpus itself holds 1.62M training tokens).",
         "## L0 and γ at matched loss recovered\n\n" + matched_table,
         "## Seeds (mean and t-interval)\n\n" + seeded_table,
         "## Every run\n\n" + run_table + "\n\nPlots: `frontier.png` (loss recovered vs L0, with the fits), "
