@@ -225,15 +225,15 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> SparseAut
     digest = data.pop(WEIGHTS_SHA256, None) if isinstance(data, dict) else None
     cfg = SAEConfig.from_dict(data)
     sae = architecture_class(cfg.architecture)(cfg)
-    if digest is not None:  # folders written before checksums were recorded have none to verify
-        weights = directory / "model.safetensors"
-        if weights.is_file() and hashlib.sha256(weights.read_bytes()).hexdigest() != digest:
-            raise SaekitError(f"{weights} is corrupted (sha256 mismatch with cfg.json)")
     state = load_tensors(directory / "model.safetensors")
     expected = dict(sae.state_dict())
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
         raise SaekitError(f"{directory}/model.safetensors does not match cfg.json ({cfg.architecture}, "
                           f"d_in={cfg.d_in}, n_latents={cfg.n_latents})")
+    if digest is not None:  # folders written before checksums were recorded have none to verify
+        weights = directory / "model.safetensors"
+        if hashlib.sha256(weights.read_bytes()).hexdigest() != digest:
+            raise SaekitError(f"{weights} is corrupted (sha256 mismatch with cfg.json)")
     sae.load_state_dict(state)
     return sae.to(device)
 
