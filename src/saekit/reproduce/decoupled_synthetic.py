@@ -508,24 +508,15 @@ def grid_table(summary: Sequence[Row], chance: dict[tuple[int, int, int], Row], 
 # ------------------------------------------------------------------------------------------- plots
 
 def _pyplot() -> Any:
-    import matplotlib
+    from saekit.report.plots import pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _save(fig: Any, path: Path) -> Path:
-    import io
+    from saekit.report.plots import save_figure
 
-    from saekit.io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
-    _pyplot().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
 def _half(ci: dict[str, float]) -> float:

@@ -31,7 +31,6 @@ Plan (every step reused from WORK when already done):
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -686,22 +685,15 @@ def _claim_value(claim: str, e: dict[str, Any]) -> str:
 
 
 def _plt():
-    import matplotlib
+    from saekit.report.plots import pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _save(fig: Any, path: Path) -> str:
-    from saekit.io import atomic_write_bytes
+    from saekit.report.plots import save_figure
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    _plt().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path.name
+    return save_figure(fig, path).name
 
 
 def _err(ci: dict[str, Any]) -> tuple[float, float, float]:
