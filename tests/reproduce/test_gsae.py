@@ -16,7 +16,7 @@ from saekit.data.store import StoreWriter
 from saekit.errors import SaekitError
 from saekit.reproduce import gsae
 from saekit.reproduce.gsae import (Variant, combine, decide, dead_verdict, difference_of_means, effective_betas,
-                                   gradient_units, pooled_difference, saekit_beta, select_beta)
+                                   gradient_units, pool_choices, pooled_difference, saekit_beta, select_beta)
 
 NAN = math.nan
 
@@ -76,6 +76,25 @@ def test_select_beta_ignores_missing_values_and_breaks_ties_towards_small_beta()
     assert select_beta({8.0: 0.2, 2.0: 0.2}) == 2.0
     with pytest.raises(SaekitError):
         select_beta({1.0: NAN})
+
+
+def test_pool_choices_keeps_the_better_family_per_k():
+    chosen = {(16, "norm"): 2.0, (16, "raw"): 12.0, (32, "norm"): 0.5, (32, "raw"): 3.0}
+    val = {(16, "norm"): 0.30, (16, "raw"): 0.25, (32, "norm"): 0.10, (32, "raw"): NAN}
+    assert pool_choices(chosen, val) == {(16, "raw"): 12.0, (32, "norm"): 0.5}
+    # a tie goes to the first family of FAMILIES ("norm"); a k with no finite value is an error
+    assert pool_choices({(8, "norm"): 1.0, (8, "raw"): 3.0}, {(8, "norm"): 0.2, (8, "raw"): 0.2}) == {(8, "norm"): 1.0}
+    with pytest.raises(SaekitError, match="k=8"):
+        pool_choices({(8, "raw"): 3.0}, {(8, "raw"): None})
+
+
+def test_claim_groups_per_family_or_pooled():
+    cfg = gsae.SCALES["smoke"]
+    chosen = {(16, "norm"): 2.0, (16, "raw"): 10.0}
+    per_family = gsae.claim_groups(cfg, chosen)
+    assert per_family == {"norm": {16: Variant("norm", 16, 2.0)}, "raw": {16: Variant("raw", 16, 10.0)}}
+    pooled = gsae.claim_groups(replace(cfg, pool_families=True), {(16, "raw"): 10.0})
+    assert pooled == {"best": {16: Variant("raw", 16, 10.0)}}
 
 
 # --- intervals ---------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ from saekit.reproduce.common import (Claim, Run, Verdict, cached_json, claims_ta
 
 Family = Literal["topk", "norm", "raw"]
 FAMILIES: tuple[Family, ...] = ("norm", "raw")
-FAMILY_LABEL = {"topk": "TopK", "norm": "g-SAE, normalised ĝ = g/E‖g‖", "raw": "g-SAE, paper's raw g"}
+FAMILY_LABEL = {"topk": "TopK", "norm": "g-SAE, normalised ĝ = g/E‖g‖", "raw": "g-SAE, paper's raw g",
+                "best": "g-SAE, β chosen on validation from both grids"}
 
 PAPER = {
     "delta_ce": "g-SAE reconstructions are more faithful downstream than TopK's at the same k "
@@ -100,6 +101,12 @@ class GSAEScale:
     steer_latents: int = 64
     """Latents per SAE for steering (drawn among those firing on the steering contexts)."""
     steer_seeds: tuple[int, ...] = (0,)
+    steer_ks: tuple[int, ...] = ()
+    """The k whose SAEs are steered (empty: every k); the steering claim is decided over these."""
+    pool_families: bool = False
+    """One g-SAE per k at the further seeds: the β with the lowest validation ΔCE over *both* grids (the
+    two families are the same score with β in different units, so pooling the grids is one finer grid).
+    False: the chosen β of each family is carried to every seed (twice the SAEs and splices)."""
     """Training seeds whose SAEs are steered (TopK and the chosen g-SAEs at every k)."""
     steer_alphas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
     """Steering strengths, in units of the mean activation norm."""
@@ -122,7 +129,8 @@ SCALES: dict[str, GSAEScale] = {
                        splice_batch_contexts=2, n_boot=50, steer_latents=2, steer_alphas=(0.2, 0.8),
                        steer_calib_alpha=0.4, steer_kl_budget=0.05, steer_calib_contexts=1, steer_eval_contexts=1,
                        selection_contexts=1),
-    "cpu": GSAEScale(),
+    "cpu": GSAEScale(width=2304, norm_betas=(0.5, 2.0), raw_betas=(3.0, 12.0), pool_families=True, steer_ks=(32,),
+                     steer_eval_contexts=3),
     "gpu": GSAEScale(lm=LMConfig(with_grads=True, device="cuda", model_batch_contexts=64),
                      store="runs/reproduce/stores/smollm2-resid_post.9-grads-gpu", train_tokens=20_971_520,
                      shard_tokens=262_144, width=9216, steps=5120, lr=5e-4, warmup_steps=200,
@@ -131,7 +139,11 @@ SCALES: dict[str, GSAEScale] = {
                      steer_calib_contexts=4, steer_eval_contexts=16, device="cuda"),
 }
 # cpu: the Shakespeare train split holds 1.62M tokens; 1,048,576 are harvested and trained on once
-# (256 x 4096), so the 1M-token dead window covers all but the first 12 steps.
+# (256 x 4096), so the 1M-token dead window covers all but the first 12 steps. Sized to fit one 3-hour
+# session on 2 cores (the harvest with gradients alone runs ~250 tokens/s): 2304 latents (4 x d_in), two
+# β per grid (E‖g‖ ≈ 0.35 here, so raw 3 and 12 sit between normalised 0.5 and 2 and above: one ladder
+# 0.5, 1.05, 2, 4.2 in normalised units; an earlier one-seed pilot found 0.5-2 best and 8-32 worse), one
+# g-SAE per k carried to every seed (pool_families), steering at k = 32 only.
 # gpu: needs a corpus of >= 21M tokens (--lm.corpus); Shakespeare would run out at 1.62M.
 
 
@@ -226,6 +238,29 @@ def select_beta(validation: dict[float, float | None]) -> float:
     if not ok:
         raise SaekitError("no β has a finite validation ΔCE to choose from")
     return min(ok, key=lambda b: (ok[b], b))
+
+
+def pool_choices(chosen: dict[tuple[int, str], float], validation_delta_ce: dict[tuple[int, str], float | None]
+                 ) -> dict[tuple[int, str], float]:
+    """Keep, per k, only the family whose chosen β has the lowest validation ΔCE (ties: the grid order
+    of FAMILIES); ``validation_delta_ce`` maps (k, family) to that chosen β's validation ΔCE."""
+    out: dict[tuple[int, str], float] = {}
+    for k in sorted({k for k, _ in chosen}):
+        cands = [(f, chosen[(k, f)]) for f in FAMILIES if (k, f) in chosen]
+        ok = [(f, b) for f, b in cands if _finite(validation_delta_ce.get((k, f)))]
+        if not ok:
+            raise SaekitError(f"no g-SAE at k={k} has a finite validation ΔCE to choose from")
+        f, b = min(ok, key=lambda fb: (validation_delta_ce[(k, fb[0])], FAMILIES.index(fb[0])))  # type: ignore[arg-type]
+        out[(k, f)] = b
+    return out
+
+
+def claim_groups(cfg: "GSAEScale", chosen: dict[tuple[int, str], float]) -> dict[str, dict[int, "Variant"]]:
+    """The g-SAEs each claim is decided on: per family (its chosen β at every k), or one group "best"
+    (the pooled choice per k) when ``cfg.pool_families``."""
+    if cfg.pool_families:
+        return {"best": {k: Variant(f, k, b) for (k, f), b in sorted(chosen.items())}}  # type: ignore[arg-type]
+    return {fam: {k: Variant(fam, k, chosen[(k, fam)]) for k in cfg.ks if (k, fam) in chosen} for fam in FAMILIES}
 
 
 Interval = tuple[str, float | None, float | None]  # (what it resamples, lo, hi)
@@ -451,6 +486,8 @@ def check(cfg: GSAEScale) -> None:
         raise SaekitError("steps x batch_size must cover the dead-latent window (dead_window_tokens)")
     if not set(cfg.steer_seeds) <= set(cfg.seeds):
         raise SaekitError("steer_seeds must be among seeds")
+    if not set(cfg.steer_ks) <= set(cfg.ks):
+        raise SaekitError("steer_ks must be among ks")
     if cfg.test_contexts < cfg.steer_calib_contexts + cfg.steer_eval_contexts:
         raise SaekitError("the steering contexts are drawn from the test contexts: too few test contexts")
 
@@ -498,6 +535,9 @@ def reproduce(cfg: GSAEScale, run: Run) -> dict[str, Any]:
             cands = [v for v in grid(cfg, k) if v.family == fam]
             if cands:
                 chosen[(k, fam)] = select_beta({v.beta: validation[k][v.name(seed0)]["delta_ce"] for v in cands})
+    if cfg.pool_families:
+        chosen = pool_choices(chosen, {(k, f): validation[k][Variant(f, k, b).name(seed0)]["delta_ce"]
+                                       for (k, f), b in chosen.items()})
     changed: dict[str, Any] = {}
     for k in cfg.ks:
         changed.update(selection_change(cfg, work, lm, grid(cfg, k), seed0))
@@ -526,7 +566,7 @@ def reproduce(cfg: GSAEScale, run: Run) -> dict[str, Any]:
     # 5. steering
     steer: dict[str, dict[str, Any]] = {}
     for seed in cfg.steer_seeds:
-        for k in cfg.ks:
+        for k in (cfg.steer_ks or cfg.ks):
             for v in final[k]:
                 run.log(f"steer {v.name(seed)}")
                 steer[v.name(seed)] = steer_one(cfg, work, lm, v, seed)
@@ -590,14 +630,13 @@ def analyse(cfg: GSAEScale, units: dict[str, float], validation: dict[int, dict[
     # claims
     per_k: dict[str, dict[str, dict[int, dict[str, Any]]]] = {"delta_ce": {}, "dead": {}, "steering": {}}
     steering_rows: list[dict[str, Any]] = []
-    for fam in FAMILIES:
+    groups = claim_groups(cfg, chosen)
+    for fam, members in groups.items():
         for claim in per_k:
             per_k[claim][fam] = {}
-        for k in cfg.ks:
-            if (k, fam) not in chosen:
-                continue
-            v, topk = Variant(fam, k, chosen[(k, fam)]), Variant("topk", k)
-            c = comparisons[(k, fam, "grads")]
+        for k, v in members.items():
+            topk = Variant("topk", k)
+            c = comparisons[(k, v.family, "grads")]
             verdict, why = decide([("seed", c["dce_vs_topk_seeds"]["lo"], c["dce_vs_topk_seeds"]["hi"]),
                                    ("context", c["dce_vs_topk_contexts"]["lo"], c["dce_vs_topk_contexts"]["hi"])])
             per_k["delta_ce"][fam][k] = {"verdict": verdict, "why": why, "seeds": c["dce_vs_topk_seeds"],
@@ -624,12 +663,14 @@ def analyse(cfg: GSAEScale, units: dict[str, float], validation: dict[int, dict[
                     if any(r["sae"] == name for r in steering_rows):
                         continue  # TopK's row, already there from the other family
                     ok = [e for e in eff if _finite(e)]
-                    steering_rows.append({"sae": name, "k": k, "family": "topk" if res is ta else fam, "seed": s,
+                    steering_rows.append({"sae": name, "k": k, "family": "topk" if res is ta else v.family, "seed": s,
                                           "latents": len(eff), "reached_budget": len(ok),
                                           "mean_effect_at_kl": float(np.mean(ok)) if ok else None,
                                           "median_effect_at_kl": float(np.median(ok)) if ok else None,
                                           "activation_norm": res["activation_norm"], "_effects": eff,
                                           **({"diff_vs_topk": d} if res is ga else {})})
+            if cfg.steer_ks and k not in cfg.steer_ks:
+                continue  # not steered at this k: the steering claim is decided over steer_ks
             if len(cfg.steer_seeds) > 1:
                 sd = mean_ci(diffs)
                 intervals.append(("seed", sd["lo"], sd["hi"]))
@@ -643,7 +684,7 @@ def analyse(cfg: GSAEScale, units: dict[str, float], validation: dict[int, dict[
              "dead": "fewer dead latents than TopK at equal k",
              "steering": "latents steer more effectively than TopK's (effect on target tokens at a KL budget)"}
     for claim, text in texts.items():
-        for fam in FAMILIES:
+        for fam in groups:
             ks = per_k[claim][fam]
             if not ks:
                 continue
@@ -815,7 +856,11 @@ def write_outputs(cfg: GSAEScale, run: Run, result: dict[str, Any]) -> None:
 def sections(cfg: GSAEScale, run: Run, result: dict[str, Any], pngs: list[str]) -> list[str]:
     u, c = result["units"], result["clean"]
     n_grid = len(cfg.ks) * (1 + len(cfg.norm_betas) + len(cfg.raw_betas))
-    n_more = len(cfg.ks) * (1 + (1 if cfg.norm_betas else 0) + (1 if cfg.raw_betas else 0)) * (len(cfg.seeds) - 1)
+    per_k_gsaes = 1 if cfg.pool_families else (1 if cfg.norm_betas else 0) + (1 if cfg.raw_betas else 0)
+    n_more = len(cfg.ks) * (1 + per_k_gsaes) * (len(cfg.seeds) - 1)
+    pool_text = (", then per k the better of the two families' choices (the two grids are one score with β in "
+                 "different units, so pooling them is one finer grid); only that g-SAE goes on"
+                 if cfg.pool_families else "")
     s = []
     s.append(f"""## What this tests
 
@@ -853,13 +898,13 @@ the same weights encoded without gradients (β = 0: TopK selection).
    dead threshold of {cfg.auxk_dead_tokens:,} tokens, activations normalised, b_dec at the geometric median; the
    same data order for every SAE.
 3. β chosen per (k, family) by the lowest spliced ΔCE (+grads) on the {cfg.validation_contexts} **validation**
-   contexts; TopK and the chosen g-SAEs trained at seeds {', '.join(map(str, cfg.seeds[1:])) or '–'} ({n_more} SAEs).
+   contexts{pool_text}; TopK and the chosen g-SAEs trained at seeds {', '.join(map(str, cfg.seeds[1:])) or '–'} ({n_more} SAEs).
 4. Every chosen SAE spliced on the {cfg.test_contexts} **test** contexts (disjoint from validation; {c['test_tokens']:,}
    predicted tokens): CE clean {fmt(c['ce_clean'], 4)}, zero-ablation {fmt(c['ce_zero'], 4)}, mean-ablation
    {fmt(c['ce_mean_ablation'], 4)} nats/token. Dead latents: the trainer's last metrics row (no activation in the
    last {cfg.dead_window_tokens:,} training tokens).
 5. Steering (`saekit steer-eval` protocol, `src/saekit/eval/steering.py`): {cfg.steer_latents} latents per SAE for
-   TopK and the chosen g-SAEs at every k, training seed(s) {', '.join(map(str, cfg.steer_seeds))}; α ∈
+   TopK and the chosen g-SAEs at k ∈ {{{', '.join(map(str, cfg.steer_ks or cfg.ks))}}}, training seed(s) {', '.join(map(str, cfg.steer_seeds))}; α ∈
    {{{', '.join(f'{a:g}' for a in cfg.steer_alphas)}}} × mean ‖x‖, targets = the 10 tokens promoted most at α =
    {cfg.steer_calib_alpha:g} on {cfg.steer_calib_contexts} calibration contexts, effect read at KL κ =
    {cfg.steer_kl_budget:g} nats/token on {cfg.steer_eval_contexts} measurement contexts (both drawn from the test
