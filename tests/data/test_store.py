@@ -63,6 +63,20 @@ def test_fp16_and_max_tokens(cfg, tiny_model, tokenizer):
     assert _manifest(path)["dtype"] == "float16"
 
 
+def test_max_tokens_runs_the_model_over_only_the_contexts_it_needs(cfg, tiny_model, tokenizer, monkeypatch):
+    import saekit.data.harvest as harvest_mod
+
+    seen = []
+    real = harvest_mod.harvest_batch
+    monkeypatch.setattr(harvest_mod, "harvest_batch", lambda m, hp, ctxs, **kw: seen.append(len(ctxs)) or real(m, hp, ctxs, **kw))
+    # shards of 40 contexts, forwards of 4 contexts (<= 60 tokens): 100 tokens need 2 forwards, not 10
+    (path,) = cache(replace(cfg, split="train", max_tokens=100, shard_tokens=640, lm=replace(cfg.lm, model_batch_contexts=4)),
+                    tiny_model, tokenizer)
+    m = _manifest(path)
+    assert m["total_tokens"] == 100 and seen == [4, 4]
+    assert m["total_contexts"] == 8 == m["shards"][0]["contexts"]
+
+
 def test_interrupted_cache_resumes_to_the_same_store(cfg, tiny_model, tokenizer, monkeypatch, tmp_path):
     full = cache(replace(cfg, split="train", out=str(tmp_path / "full")), tiny_model, tokenizer)[0]
     calls = {"n": 0}

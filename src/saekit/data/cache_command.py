@@ -90,15 +90,20 @@ def _fill(cfg: CacheConfig, writer: StoreWriter, model: Any, tokenizer: Any, hp:
             group = list(itertools.islice(stream, shard_contexts))
             if not group:
                 break
-            parts = list(harvest(model, hp, group, lm.model_batch_contexts, with_grads=lm.with_grads, progress=False))
+            left = cfg.max_tokens - writer.total_tokens if cfg.max_tokens else None
+            parts, kept = [], 0
+            for part in harvest(model, hp, group, lm.model_batch_contexts, with_grads=lm.with_grads, progress=False):
+                parts.append(part)
+                kept += part.acts.shape[0]
+                if left is not None and kept >= left:
+                    break  # enough tokens: the model does not run over the rest of the shard's contexts
             acts = torch.cat([p.acts for p in parts])
             grads = torch.cat([p.grads for p in parts]) if lm.with_grads else None  # type: ignore[misc]
             check_finite(acts, f"{lm.model} at {lm.hookpoint}")
-            left = cfg.max_tokens - writer.total_tokens if cfg.max_tokens else None
             done = left is not None and acts.shape[0] >= left
             if done:
                 acts, grads = acts[:left], grads[:left] if grads is not None else None
-            writer.write_shard(acts, grads, len(group))
+            writer.write_shard(acts, grads, sum(p.n_contexts for p in parts))
             bar.update(acts.shape[0])
             if done:
                 break
