@@ -129,7 +129,8 @@ SCALES: dict[str, GSAEScale] = {
                        splice_batch_contexts=2, n_boot=50, steer_latents=2, steer_alphas=(0.2, 0.8),
                        steer_calib_alpha=0.4, steer_kl_budget=0.05, steer_calib_contexts=1, steer_eval_contexts=1,
                        selection_contexts=1),
-    "cpu": GSAEScale(width=2304, norm_betas=(0.5, 2.0), raw_betas=(3.0, 12.0), pool_families=True, steer_ks=(32,),
+    "cpu": GSAEScale(width=2304, norm_betas=(0.5, 4.0), raw_betas=(6.0,), pool_families=True, validation_contexts=48,
+                     test_contexts=96, splice_batch_contexts=16, steer_ks=(32,), steer_alphas=(0.1, 0.2, 0.4),
                      steer_eval_contexts=3),
     "gpu": GSAEScale(lm=LMConfig(with_grads=True, device="cuda", model_batch_contexts=64),
                      store="runs/reproduce/stores/smollm2-resid_post.9-grads-gpu", train_tokens=20_971_520,
@@ -140,10 +141,10 @@ SCALES: dict[str, GSAEScale] = {
 }
 # cpu: the Shakespeare train split holds 1.62M tokens; 1,048,576 are harvested and trained on once
 # (256 x 4096), so the 1M-token dead window covers all but the first 12 steps. Sized to fit one 3-hour
-# session on 2 cores (the harvest with gradients alone runs ~250 tokens/s): 2304 latents (4 x d_in), two
-# β per grid (E‖g‖ ≈ 0.35 here, so raw 3 and 12 sit between normalised 0.5 and 2 and above: one ladder
-# 0.5, 1.05, 2, 4.2 in normalised units; an earlier one-seed pilot found 0.5-2 best and 8-32 worse), one
-# g-SAE per k carried to every seed (pool_families), steering at k = 32 only.
+# session on 2 cores (the harvest with gradients alone runs ~220 tokens/s, 80 min): 2304 latents (4 x d_in),
+# a three-step β ladder over both grids (E‖g‖ ≈ 0.35 here, so raw 6 is normalised 2.1: the ladder is 0.5,
+# 2.1, 4 in normalised units; an earlier one-seed pilot found 0.5-2 best and 8-32 worse), one g-SAE per k
+# carried to every seed (pool_families), 48 validation and 96 test contexts, steering at k = 32 only.
 # gpu: needs a corpus of >= 21M tokens (--lm.corpus); Shakespeare would run out at 1.62M.
 
 
