@@ -107,3 +107,24 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     _fsync_dir(final_dir.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_temporaries(folder: str | os.PathLike, depth: int = 2) -> list[Path]:
+    """Delete what killed writers leave behind in ``folder`` (and its subfolders, ``depth`` levels):
+    atomic-write temporaries ``.NAME.*.tmp``, unfinished checkpoint folders ``.tmp-*`` and replaced
+    folders ``.NAME.old``. Call it only while holding the folder's lock (``saekit.lock``)."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in list(folder.iterdir()):
+        name = p.name
+        if name.startswith(".") and (name.endswith(".tmp") or name.startswith(".tmp-") or name.endswith(".old")):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+        elif depth > 0 and p.is_dir() and not p.is_symlink() and not name.startswith("."):
+            removed += remove_temporaries(p, depth - 1)
+    return removed

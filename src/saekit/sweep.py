@@ -25,6 +25,7 @@ import tyro
 from saekit.config import DataConfig, TrainConfig, load_train_config
 from saekit.errors import SaekitError
 from saekit.io import atomic_write_json, atomic_write_text
+from saekit.lock import output_lock
 from saekit.report.table import format_table
 
 COLUMNS = ("name", "status", "architecture", "n_latents", "sparsity_param", "sparsity", "l0", "fvu",
@@ -131,15 +132,22 @@ def run_point(cfg: TrainConfig, eval_tokens: int, evaluate_reconstruction_: bool
 
 def run_sweep(base: TrainConfig, points: list[Point], sweep_dir: str | Path, cache_tokens: int = 500_000,
               eval_tokens: int = 65536, splice_contexts: int = 64, splice_batch_contexts: int = 8) -> list[dict[str, Any]]:
-    """Train and evaluate every point; write results.csv, results.json and plots/. Returns the rows."""
-    from saekit.eval.splice import lm_settings, splice_saes
-
+    """Train and evaluate every point; write results.csv, results.json and plots/. Returns the rows.
+    Raises SaekitError (after writing the results) when every point failed."""
     base.validate()
     if min(eval_tokens, splice_contexts, splice_batch_contexts, cache_tokens) <= 0:
         raise SaekitError("cache_tokens, eval_tokens, splice_contexts and splice_batch_contexts must be positive")
     if not points:
         raise SaekitError("the grid is empty")
     out = Path(sweep_dir)
+    with output_lock(out, "saekit sweep"):
+        return _run_sweep(base, points, out, cache_tokens, eval_tokens, splice_contexts, splice_batch_contexts)
+
+
+def _run_sweep(base: TrainConfig, points: list[Point], out: Path, cache_tokens: int, eval_tokens: int,
+               splice_contexts: int, splice_batch_contexts: int) -> list[dict[str, Any]]:
+    from saekit.eval.splice import lm_settings, splice_saes
+
     data = shared_data(base, out, cache_tokens)
     lm = lm_settings(data)
     base = replace(base, data=data)
@@ -161,6 +169,8 @@ def run_sweep(base: TrainConfig, points: list[Point], sweep_dir: str | Path, cac
         for row in rows:
             row.update(spliced.get(row["name"], {}))
     write_results(rows, out, base, lm is not None)
+    if all(r["status"] == "failed" for r in rows):
+        raise SaekitError(f"every point of the sweep failed ({len(rows)}); the first: {rows[0]['error']}")
     return rows
 
 

@@ -24,6 +24,8 @@ from saekit.data.source import check_finite
 from saekit.data.store import StoreWriter
 from saekit.data.text import contexts
 from saekit.errors import SaekitError
+from saekit.io import remove_temporaries
+from saekit.lock import output_lock
 
 
 @dataclass
@@ -59,6 +61,13 @@ def cache(cfg: CacheConfig, model: Any = None, tokenizer: Any = None) -> list[Pa
     lm = cfg.lm
     if cfg.max_tokens < 0 or cfg.shard_tokens <= 0 or lm.model_batch_contexts <= 0:
         raise SaekitError("max_tokens must be >= 0; shard_tokens and model_batch_contexts positive")
+    with output_lock(cfg.out, "saekit cache"):
+        remove_temporaries(cfg.out)
+        return _cache(cfg, model, tokenizer)
+
+
+def _cache(cfg: CacheConfig, model: Any, tokenizer: Any) -> list[Path]:
+    lm = cfg.lm
     if model is None or tokenizer is None:
         model, tokenizer = load_model(lm.model, device=lm.device, dtype=lm.dtype)
     hp = resolve_hookpoint(model, lm.hookpoint)

@@ -28,6 +28,7 @@ from saekit.config import DataConfig
 from saekit.data.hookpoints import Hookpoint, run_captured
 from saekit.data.text import Context, collated_batches
 from saekit.errors import SaekitError
+from saekit.lock import check_output_folder, output_lock
 
 
 @dataclass
@@ -242,7 +243,9 @@ def main(argv: list[str]) -> None:
     lm = lm_settings(resolve_data(cfg.sae, cfg.data))
     if lm is None:
         raise SaekitError("features needs an SAE trained on language-model data (source lm or store)")
-    model, tokenizer = load_model(lm.model, device=cfg.device, dtype=lm.dtype)
-    report, out = write_features(sae, lm, model, tokenizer, cfg)
+    out = check_output_folder(cfg.out or cfg.sae.parent / "features")  # before ~20 s of model loading
+    with output_lock(out, "saekit features"):
+        model, tokenizer = load_model(lm.model, device=cfg.device, dtype=lm.dtype)
+        report, out = write_features(sae, lm, model, tokenizer, cfg)
     print(format_table([{"metric": k, "value": v} for k, v in report["summary"].items()]))
     print(f"wrote {out / 'index.html'} ({len(report['latents'])} latents) and {out / 'features.json'}")

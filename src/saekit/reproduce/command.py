@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from saekit.lock import output_lock
 from saekit.reproduce import REPRODUCTIONS
 from saekit.reproduce.common import Run
 
@@ -45,4 +46,5 @@ def main(argv: list[str]) -> None:
     out = Path(cmd.out or (work / "results" if cmd.scale == "smoke" else f"results/{cmd.name}"))
     command = shlex.join(["saekit", "reproduce", *argv])
     run = Run(name=cmd.name, scale=cmd.scale, out=out, work=work, command=command)
-    module.reproduce(module.SCALES[cmd.scale], run)
+    with output_lock(work, f"saekit reproduce {cmd.name}"), output_lock(out, f"saekit reproduce {cmd.name}"):
+        module.reproduce(module.SCALES[cmd.scale], run)

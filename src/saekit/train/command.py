@@ -32,14 +32,15 @@ def parse(argv: list[str]) -> TrainCommand:
 
 
 def main(argv: list[str]) -> None:
-    from saekit.train.trainer import Trainer
+    from saekit.train.trainer import Trainer, run_lock
 
     cmd = parse(argv)
-    trainer = Trainer(cmd.cfg, resume=cmd.resume)
-    try:
-        sae = trainer.run()
-    finally:
-        distributed.shutdown()
+    with run_lock(cmd.cfg.out_dir):  # rank 0 only, before the process group exists: no rank waits on it
+        trainer = Trainer(cmd.cfg, resume=cmd.resume)
+        try:
+            sae = trainer.run()
+        finally:
+            distributed.shutdown()
     if trainer.cluster.is_main:
         where = f" ({trainer.cluster.world} processes)" if trainer.cluster.world > 1 else ""
         print(f"saved {sae.cfg.architecture} SAE ({sae.cfg.n_latents} latents, d_in={sae.cfg.d_in}) "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +21,8 @@ from saekit.data.factory import make_source
 from saekit.data.source import ActivationSource, check_finite
 from saekit.errors import SaekitError
 from saekit.eval import metrics
-from saekit.io import atomic_write_text
+from saekit.io import atomic_write_text, remove_temporaries
+from saekit.lock import holds, output_lock
 from saekit.rng import stream_seed
 from saekit.sae import SparseAutoencoder, architecture_class, build_sae
 from saekit.train.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -110,8 +112,10 @@ class Trainer:
         self.device = self.cluster.device if self.cluster.world > 1 else cfg.device
         self.out = Path(cfg.out_dir)
         self.source = source if source is not None else make_source(cfg.data, "train")
-        ckpt = latest_checkpoint(self.out)
         main = self.cluster.is_main
+        if main and holds(self.out):  # safe only while no other writer can be at work here
+            remove_temporaries(self.out)
+        ckpt = latest_checkpoint(self.out)
         if resume and ckpt is not None:
             self.sae, self.optimizer, state = load_checkpoint(ckpt, lambda s: make_optimizer(s, cfg))
             self.sae.to(self.device)
@@ -249,6 +253,16 @@ class Trainer:
         atomic_write_text(path, "".join(k + "\n" for k in kept))
 
 
+def run_lock(out_dir: str | Path) -> contextlib.AbstractContextManager:
+    """The output folder's lock, taken by rank 0 alone (ranks are read from torchrun's environment, so
+    no collective is involved and the other ranks never wait on it)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return output_lock(out_dir, "saekit train")
+
+
 def train(cfg: TrainConfig, source: ActivationSource | None = None, resume: bool = False) -> SparseAutoencoder:
-    """Train (or resume) a run and return the final SAE (also saved to ``cfg.out_dir/sae``)."""
-    return Trainer(cfg, source, resume).run()
+    """Train (or resume) a run and return the final SAE (also saved to ``cfg.out_dir/sae``); the run's
+    folder is locked against a second writer meanwhile."""
+    with run_lock(cfg.out_dir):
+        return Trainer(cfg, source, resume).run()
