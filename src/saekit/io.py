@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -82,6 +83,31 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise SaekitError(f"corrupted or truncated safetensors file {path}: {e}") from None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: str | os.PathLike, expected: Any, what: str) -> None:
+    """Refuse a file whose sha256 is not ``expected`` (as recorded when it was written)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SaekitError(f"missing file: {path}")
+    if not isinstance(expected, str) or file_sha256(path) != expected:
+        raise SaekitError(f"{path} is corrupted (sha256 mismatch with {what}); it cannot be trusted")
+
+
+def check_finite_tensors(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or inf (a damaged file, or a run that diverged before it was saved)."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise SaekitError(f"{where}: tensor {name!r} holds NaN or inf values; these weights are unusable "
+                              "(the run diverged or the file was damaged)")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -8,7 +8,6 @@ hyperparameters, which become fields of ``SAEConfig`` automatically.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ from torch import Tensor, nn
 
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
-from saekit.io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from saekit.io import (atomic_save_tensors, atomic_write_json, check_finite_tensors, file_sha256, load_tensors,
+                       read_json, verify_sha256)
 from saekit.kernels import SparseCodes, chunk_rows
 from saekit.rng import stream
 
@@ -163,7 +163,7 @@ class SparseAutoencoder(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         atomic_save_tensors(directory / "model.safetensors", dict(self.state_dict()),
                             metadata={"architecture": self.architecture})
-        digest = hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()
+        digest = file_sha256(directory / "model.safetensors")
         atomic_write_json(directory / "cfg.json", {**self.cfg.to_dict(), WEIGHTS_SHA256: digest})
 
 
@@ -231,9 +231,8 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> SparseAut
         raise SaekitError(f"{directory}/model.safetensors does not match cfg.json ({cfg.architecture}, "
                           f"d_in={cfg.d_in}, n_latents={cfg.n_latents})")
     if digest is not None:  # folders written before checksums were recorded have none to verify
-        weights = directory / "model.safetensors"
-        if hashlib.sha256(weights.read_bytes()).hexdigest() != digest:
-            raise SaekitError(f"{weights} is corrupted (sha256 mismatch with cfg.json)")
+        verify_sha256(directory / "model.safetensors", digest, "cfg.json")
+    check_finite_tensors(state, str(directory / "model.safetensors"))
     sae.load_state_dict(state)
     return sae.to(device)
 
