@@ -67,6 +67,33 @@ class SAEConfig(_merge_params()):  # type: ignore[misc]
     def from_dict(cls, data: dict[str, Any]) -> "SAEConfig":
         return from_dict(cls, data, "sae")
 
+    @classmethod
+    def from_saved(cls, data: Any, where: str) -> "SAEConfig":
+        """Strict loading of a saved cfg.json: the architecture's fields (common + its ``Params``), each
+        present, typed and valid, and no other; any problem is one SaekitError naming ``where``."""
+        if not isinstance(data, dict):
+            raise SaekitError(f"{where}: expected a mapping, got {type(data).__name__}")
+        arch = data.get("architecture")
+        if not isinstance(arch, str):
+            raise SaekitError(f"{where}: no architecture named (field 'architecture')")
+        try:
+            architecture_class(arch)
+        except SaekitError as e:
+            raise SaekitError(f"{where}: {e}") from None
+        wanted = cls(architecture=arch).arch_fields()
+        missing = [n for n in wanted if n not in data]
+        if missing:
+            raise SaekitError(f"{where}: missing field(s) {', '.join(missing)} (the file is damaged or was edited)")
+        extra = sorted(set(data) - set(wanted))
+        if extra:
+            raise SaekitError(f"{where}: field(s) {', '.join(extra)} do not belong to a {arch} SAE")
+        cfg = from_dict(cls, data, where)
+        try:
+            cfg.validate()
+        except SaekitError as e:
+            raise SaekitError(f"{where}: {e}") from None
+        return cfg
+
     def resolved(self, d_in: int) -> "SAEConfig":
         """Fill d_in / n_latents from the data, refusing a mismatch."""
         if self.d_in not in (0, d_in):
@@ -78,6 +105,7 @@ class SAEConfig(_merge_params()):  # type: ignore[misc]
 
     def validate(self) -> None:
         cls = architecture_class(self.architecture)
+        check_numbers(self, "sae")
         if self.d_in <= 0 or self.n_latents <= 0:
             raise SaekitError("sae.d_in and sae.n_latents must be positive")
         if not (self.input_scale > 0 and math.isfinite(self.input_scale)):
@@ -204,6 +232,7 @@ class TrainConfig:
     """Show a progress bar."""
 
     def validate(self) -> None:
+        check_numbers(self, "")
         positive = {"steps": self.steps, "batch_size": self.batch_size, "init_samples": self.init_samples,
                     "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints}
         for name, value in positive.items():
@@ -224,6 +253,8 @@ class TrainConfig:
                 raise SaekitError(f"{name} must lie in [0, 1), got {v}")
         if self.grad_clip < 0:
             raise SaekitError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.dead_window_tokens <= 0:
+            raise SaekitError(f"dead_window_tokens must be positive, got {self.dead_window_tokens}")
         architecture_class(self.sae.architecture)
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,7 +269,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         raise SaekitError(f"{where}: expected a mapping, got {type(data).__name__}")
     try:
         return dacite.from_dict(cls, data, config=dacite.Config(strict=True, cast=[tuple],
-                                                                type_hooks={float: _to_float}))
+                                                                type_hooks={float: _to_float, int: _to_int}))
     except dacite.UnexpectedDataError as e:
         raise SaekitError(f"{where}: unknown field(s) {', '.join(sorted(e.keys))}") from None
     except dacite.WrongTypeError as e:
@@ -248,8 +279,45 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         raise SaekitError(f"{where}: {e}") from None
 
 
+class _NotA:
+    """What a hook hands dacite for a value of the wrong kind, so that it reports a type error."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
 def _to_float(value: Any) -> Any:
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    """Ints are floats; a number YAML 1.1 reads as a string (``1e-3``) is too; bools are not numbers."""
+    if isinstance(value, bool):
+        return _NotA(value)
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _to_int(value: Any) -> Any:
+    """``steps: true`` is not 1: bools are not ints."""
+    return _NotA(value) if isinstance(value, bool) else value
+
+
+def check_numbers(obj: Any, where: str) -> None:
+    """Refuse NaN and infinite values in every float field of a (nested) config dataclass or tuple."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            check_numbers(getattr(obj, f.name), f"{where}.{f.name}" if where else f.name)
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            check_numbers(v, where)
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        raise SaekitError(f"{where} must be a finite number, got {obj}")
 
 
 def _type_name(t: Any) -> str:

@@ -223,7 +223,7 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> SparseAut
         raise SaekitError(f"no SAE folder at {directory}")
     data = read_json(directory / "cfg.json")
     digest = data.pop(WEIGHTS_SHA256, None) if isinstance(data, dict) else None
-    cfg = SAEConfig.from_dict(data)
+    cfg = SAEConfig.from_saved(data, str(directory / "cfg.json"))
     sae = architecture_class(cfg.architecture)(cfg)
     state = load_tensors(directory / "model.safetensors")
     expected = dict(sae.state_dict())
