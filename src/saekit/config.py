@@ -263,6 +263,87 @@ class TrainConfig:
         return out
 
 
+def _defaults(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+def unused_settings(cfg: TrainConfig) -> list[str]:
+    """Settings given (differing from their defaults) that the chosen architecture or data source does
+    not use, or that training overwrites; one line each. Generic over the architectures' Params."""
+    problems = []
+    sae, defaults = cfg.sae, _defaults(SAEConfig)
+    cls = architecture_class(sae.architecture)
+    own = set(sae.arch_fields())
+    for name, default in defaults.items():
+        if name not in own and getattr(sae, name) != default:
+            owners = sorted(a for a, c in architectures().items()
+                            if name in {f.name for f in dataclasses.fields(c.Params)})
+            problems.append(f"sae.{name} is not used by a {sae.architecture} SAE (it belongs to {', '.join(owners)})")
+    if cfg.normalize_activations and sae.input_scale != defaults["input_scale"]:
+        problems.append("sae.input_scale is estimated from the data when normalize_activations is on; "
+                        "pass --no-normalize-activations to fix it yourself")
+    for name in getattr(cls, "fitted_fields", ()):
+        if getattr(sae, name) != defaults[name]:
+            problems.append(f"sae.{name} is estimated from the data by a {sae.architecture} SAE; do not set it")
+    data = cfg.data
+    if data.store and data.source != "store":
+        problems.append(f"data.store is set but data.source is {data.source!r}; pass --data.source store to train on it")
+    if data.source != "synthetic" and data.synthetic != SyntheticConfig():
+        problems.append(f"data.synthetic.* is set but data.source is {data.source!r}")
+    if data.source == "synthetic" and data.lm != LMConfig():
+        problems.append("data.lm.* is set but data.source is 'synthetic'; pass --data.source lm")
+    if data.source != "store" and data.store_seed != 0:
+        problems.append(f"data.store_seed is set but data.source is {data.source!r}")
+    return problems
+
+
+def check_settings_used(cfg: TrainConfig) -> None:
+    problems = unused_settings(cfg)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SaekitError(f"{problems[0]}{more}")
+
+
+def resume_differences(saved_sae: SAEConfig, saved_data: DataConfig | None, cfg: TrainConfig) -> list[str]:
+    """How the SAE and data settings asked for differ from a checkpoint's (``saved_sae``: its cfg.json;
+    ``saved_data``: the run's config.yaml). Settings filled from the data (d_in, n_latents when 0, a
+    fitted input_scale) count only where they were given."""
+    want, diffs = cfg.sae, []
+    if want.architecture != saved_sae.architecture:
+        return [f"sae.architecture: {saved_sae.architecture} in the checkpoint, {want.architecture} asked for"]
+    fitted = set(getattr(architecture_class(want.architecture), "fitted_fields", ()))
+    for name in want.arch_fields():
+        a, b = getattr(saved_sae, name), getattr(want, name)
+        if name == "expansion_factor" or name in fitted:
+            continue
+        if name == "d_in" and b == 0:
+            continue
+        if name == "n_latents" and b == 0:
+            b = want.expansion_factor * saved_sae.d_in
+        if name == "input_scale" and cfg.normalize_activations:
+            continue
+        if a != b:
+            diffs.append(f"sae.{name}: {a} in the checkpoint, {b} asked for")
+    if saved_data is not None:
+        diffs += [f"data.{p}" for p in _differences(dataclasses.asdict(saved_data), dataclasses.asdict(cfg.data))]
+    return diffs
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in a:
+            out += _differences(a[k], b.get(k), f"{path}.{k}" if path else k)
+        return out
+    return [] if a == b else [f"{path}: {a!r} in the checkpoint's run, {b!r} asked for"]
+
+
 def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     """Strict dict -> dataclass: unknown fields and wrong types are one-line SaekitErrors."""
     if not isinstance(data, dict):

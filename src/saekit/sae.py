@@ -82,6 +82,7 @@ class SparseAutoencoder(nn.Module):
     adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
     uses_sparsity_penalty: ClassVar[bool] = False  # L1-trained: λ warm-up and resampling apply
     needs_gradients: ClassVar[bool] = False
+    fitted_fields: ClassVar[tuple[str, ...]] = ()  # Params fields the trainer estimates from the data (fit_to_sample)
 
     def __init__(self, cfg: "SAEConfig") -> None:
         super().__init__()

@@ -9,7 +9,7 @@ from typing import Annotated
 import tyro
 
 from saekit import distributed
-from saekit.config import TrainConfig, load_train_config
+from saekit.config import TrainConfig, check_settings_used, load_train_config
 
 
 @dataclass
@@ -35,6 +35,8 @@ def main(argv: list[str]) -> None:
     from saekit.train.trainer import Trainer, run_lock
 
     cmd = parse(argv)
+    cmd.cfg.validate()
+    check_settings_used(cmd.cfg)  # a flag the architecture or data source would silently ignore
     with run_lock(cmd.cfg.out_dir):  # rank 0 only, before the process group exists: no rank waits on it
         trainer = Trainer(cmd.cfg, resume=cmd.resume)
         try:

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saekit import distributed
-from saekit.config import TrainConfig, dump_yaml
+from saekit.config import TrainConfig, dump_yaml, load_train_config, resume_differences
 from saekit.data.factory import make_source
 from saekit.data.source import ActivationSource, check_finite
 from saekit.errors import SaekitError
@@ -70,7 +70,7 @@ def train_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torc
     ``fresh_rows`` gives resampled latents their own Adam step counts."""
     out = (loss_fn or sae.loss)(x, sparsity_scale=sparsity_scale, dead_mask=dead_mask, grad=grads)
     if not torch.isfinite(out.loss):
-        raise SaekitError(f"loss became {out.loss.item()} at step {step}; try a lower lr")
+        raise SaekitError(f"loss became {out.loss.item()} at step {step}: training diverged; try a lower lr")
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     unit_norm = sae.keeps_unit_norm()
@@ -108,6 +108,8 @@ class Trainer:
         if cfg.batch_size % self.cluster.world:
             raise SaekitError(f"batch_size={cfg.batch_size} must be divisible by the number of processes "
                               f"({self.cluster.world})")
+        if cfg.data.store:  # a relative path would work only from this working directory
+            cfg = replace(cfg, data=replace(cfg.data, store=str(Path(cfg.data.store).resolve())))
         self.cfg = cfg
         self.device = self.cluster.device if self.cluster.world > 1 else cfg.device
         self.out = Path(cfg.out_dir)
@@ -118,6 +120,11 @@ class Trainer:
         ckpt = latest_checkpoint(self.out)
         if resume and ckpt is not None:
             self.sae, self.optimizer, state = load_checkpoint(ckpt, lambda s: make_optimizer(s, cfg))
+            diffs = resume_differences(self.sae.cfg, self._saved_data(), cfg)
+            if diffs:
+                raise SaekitError(f"--resume asks for settings that differ from the run in {self.out}: "
+                                  f"{'; '.join(diffs)}; resume with --config {self.out / 'config.yaml'} "
+                                  "(flags may change steps and schedules) or choose another out_dir")
             self.sae.to(self.device)
             if self.sae.cfg.d_in != self.source.d_in:
                 raise SaekitError(f"checkpoint d_in={self.sae.cfg.d_in} does not match the data's {self.source.d_in}")
@@ -143,10 +150,22 @@ class Trainer:
             if main:
                 self.out.mkdir(parents=True, exist_ok=True)
                 (self.out / "metrics.jsonl").unlink(missing_ok=True)
-        if main:
-            atomic_write_text(self.out / "config.yaml", dump_yaml(replace(cfg, sae=self.sae.cfg)))
+        if main:  # the data-fitted values stay out, so the file can be given to `saekit train --config` again
+            fitted = {"input_scale": cfg.sae.input_scale} if cfg.normalize_activations else {}
+            fitted.update({n: getattr(cfg.sae, n) for n in architecture_class(self.sae.cfg.architecture).fitted_fields})
+            atomic_write_text(self.out / "config.yaml", dump_yaml(replace(cfg, sae=replace(self.sae.cfg, **fitted))))
         self.cluster.barrier()  # every rank has looked for checkpoints before rank 0 writes any
         self.loss_fn = self.cluster.wrap(self.sae)
+
+    def _saved_data(self):
+        """The data section of the run's config.yaml (None when there is none to compare with)."""
+        path = self.out / "config.yaml"
+        if not path.is_file():
+            return None
+        data = load_train_config(path).data
+        if data.store:
+            data = replace(data, store=str(Path(data.store).resolve()))
+        return data
 
     # ------------------------------------------------------------------------------------
     def run(self) -> SparseAutoencoder:
@@ -249,7 +268,7 @@ class Trainer:
                 if json.loads(line)["step"] <= step:
                     kept.append(line)
             except (json.JSONDecodeError, KeyError, TypeError):
-                break  # a line cut by the kill: everything after it is stale too
+                continue  # a line cut by a kill (or damaged): drop it, keep the valid rows
         atomic_write_text(path, "".join(k + "\n" for k in kept))
 
 
