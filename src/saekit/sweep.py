@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import tyro
 
+from saekit import cliparse
 from saekit.config import DataConfig, TrainConfig, load_train_config
 from saekit.errors import SaekitError
 from saekit.io import atomic_write_json, atomic_write_text
@@ -204,10 +205,10 @@ def write_results(rows: list[dict[str, Any]], out: Path, base: TrainConfig, lm_d
 
 def parse(argv: list[str]) -> SweepCommand:
     """As `saekit train`: find --config, load it as the defaults, then parse every flag against it."""
-    first, _ = tyro.cli(SweepCommand, args=[a for a in argv if a not in ("-h", "--help")],
+    first, _ = cliparse.cli(SweepCommand, args=[a for a in argv if a not in ("-h", "--help")],
                         return_unknown_args=True, prog="saekit sweep")
     base = load_train_config(first.config) if first.config is not None else TrainConfig()
-    return tyro.cli(SweepCommand, args=argv, default=replace(first, cfg=base), prog="saekit sweep",
+    return cliparse.cli(SweepCommand, args=argv, default=replace(first, cfg=base), prog="saekit sweep",
                     description="Train and evaluate a grid of SAEs on shared activations.")
 
 

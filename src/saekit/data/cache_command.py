@@ -16,6 +16,7 @@ import torch
 import tyro
 from tqdm.auto import tqdm
 
+from saekit import cliparse
 from saekit.config import LMConfig
 from saekit.data.harvest import harvest
 from saekit.data.hookpoints import resolve_hookpoint
@@ -118,6 +119,6 @@ def _fill(cfg: CacheConfig, writer: StoreWriter, model: Any, tokenizer: Any, hp:
 
 def main(argv: list[str]) -> None:
     argv = ["--with-grads" if a == "--grads" else a for a in argv]  # the short spelling in `saekit --help`
-    cfg = tyro.cli(CacheConfig, args=argv, prog="saekit cache",
+    cfg = cliparse.cli(CacheConfig, args=argv, prog="saekit cache",
                    description="Harvest activations (and, with --with-grads or --grads, LM-loss gradients) into an on-disk store.")
     cache(cfg)

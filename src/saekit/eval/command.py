@@ -8,6 +8,7 @@ from typing import Annotated
 
 import tyro
 
+from saekit import cliparse
 from saekit.config import DataConfig, load_train_config
 from saekit.data.factory import make_source
 from saekit.errors import SaekitError
@@ -51,7 +52,7 @@ def main(argv: list[str]) -> None:
     from saekit.eval.splice import clean_json, lm_settings, splice_saes
     from saekit.sae import load
 
-    cmd = tyro.cli(EvalCommand, args=argv, prog="saekit eval", description="Evaluate a saved SAE.")
+    cmd = cliparse.cli(EvalCommand, args=argv, prog="saekit eval", description="Evaluate a saved SAE.")
     if min(cmd.tokens, cmd.batch_size, cmd.splice_contexts, cmd.splice_batch_contexts) <= 0:
         raise SaekitError("--tokens, --batch-size, --splice-contexts and --splice-batch-contexts must be positive")
     sae = load(cmd.sae, cmd.device)

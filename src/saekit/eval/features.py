@@ -24,6 +24,7 @@ import torch
 import tyro
 from torch import Tensor, nn
 
+from saekit import cliparse
 from saekit.config import DataConfig
 from saekit.data.hookpoints import Hookpoint, run_captured
 from saekit.data.text import Context, collated_batches
@@ -232,7 +233,7 @@ def main(argv: list[str]) -> None:
     from saekit.report.table import format_table
     from saekit.sae import load
 
-    cfg = tyro.cli(FeaturesCommand, args=argv, prog="saekit features",
+    cfg = cliparse.cli(FeaturesCommand, args=argv, prog="saekit features",
                    description="What each latent responds to: statistics, top-activating contexts, logit effects; "
                                "JSON and an HTML dashboard.")
     if min(cfg.n_contexts, cfg.batch_contexts, cfg.n_show, cfg.n_examples, cfg.n_logits) <= 0 or cfg.window < 0:

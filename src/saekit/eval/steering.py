@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import tyro
 from torch import Tensor, nn
 
+from saekit import cliparse
 from saekit.config import DataConfig
 from saekit.data.hookpoints import Hookpoint, capture, edited
 from saekit.data.text import Context, collated_batches
@@ -215,7 +216,7 @@ def main(argv: list[str]) -> None:
     from saekit.report.table import format_table
     from saekit.sae import load
 
-    cfg = tyro.cli(SteerCommand, args=argv, prog="saekit steer-eval",
+    cfg = cliparse.cli(SteerCommand, args=argv, prog="saekit steer-eval",
                    description="Steer a language model with a sample of an SAE's latents; effect on target tokens vs KL.")
     if min(cfg.n_latents, cfg.pool, cfg.batch_contexts) <= 0:
         raise SaekitError("--n-latents, --pool and --batch-contexts must be positive")

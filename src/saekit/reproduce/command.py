@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from saekit import cliparse
 from saekit.lock import output_lock
 from saekit.reproduce import REPRODUCTIONS
 from saekit.reproduce.common import Run
@@ -40,7 +41,7 @@ def _description() -> str:
 
 
 def main(argv: list[str]) -> None:
-    cmd = tyro.cli(ReproduceCommand, args=argv, prog="saekit reproduce", description=_description())
+    cmd = cliparse.cli(ReproduceCommand, args=argv, prog="saekit reproduce", description=_description())
     module = importlib.import_module(f"saekit.reproduce.{REPRODUCTIONS[cmd.name][1]}")
     work = Path(cmd.work or f"runs/reproduce/{cmd.name}-{cmd.scale}")
     out = Path(cmd.out or (work / "results" if cmd.scale == "smoke" else f"results/{cmd.name}"))

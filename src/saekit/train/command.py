@@ -8,6 +8,7 @@ from typing import Annotated
 
 import tyro
 
+from saekit import cliparse
 from saekit import distributed
 from saekit.config import TrainConfig, check_settings_used, load_train_config
 
@@ -24,10 +25,10 @@ class TrainCommand:
 
 def parse(argv: list[str]) -> TrainCommand:
     """Two passes: find --config, load it as the defaults, then parse every flag against it."""
-    first, _ = tyro.cli(TrainCommand, args=[a for a in argv if a not in ("-h", "--help")],
+    first, _ = cliparse.cli(TrainCommand, args=[a for a in argv if a not in ("-h", "--help")],
                         return_unknown_args=True, prog="saekit train")
     base = load_train_config(first.config) if first.config is not None else TrainConfig()
-    return tyro.cli(TrainCommand, args=argv, default=TrainCommand(cfg=base, config=first.config),
+    return cliparse.cli(TrainCommand, args=argv, default=TrainCommand(cfg=base, config=first.config),
                     prog="saekit train", description="Train a sparse autoencoder.")
 
 
