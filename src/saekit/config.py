@@ -162,6 +162,20 @@ class LMConfig:
     dtype: str = "float32"
     """Model dtype (float32 on CPU; bfloat16/float16 on GPU)."""
 
+    def validate(self, where: str = "lm") -> None:
+        check_numbers(self, where)
+        p = f"{where}." if where else ""
+        if self.context_length < 2:
+            raise SaekitError(f"{p}context_length must be at least 2, got {self.context_length}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise SaekitError(f"{p}eval_fraction must lie in [0, 1), got {self.eval_fraction}")
+        for name in ("model_batch_contexts", "shuffle_buffer_tokens"):
+            if getattr(self, name) <= 0:
+                raise SaekitError(f"{p}{name} must be positive, got {getattr(self, name)}")
+        if self.dtype not in ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16"):
+            raise SaekitError(f"{p}dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
+        check_device(self.device, f"{p}device")
+
 
 @dataclass
 class DataConfig:
@@ -256,11 +270,31 @@ class TrainConfig:
         if self.dead_window_tokens <= 0:
             raise SaekitError(f"dead_window_tokens must be positive, got {self.dead_window_tokens}")
         architecture_class(self.sae.architecture)
+        check_device(self.device)
+        if self.data.source == "lm":
+            self.data.lm.validate("data.lm")
+        s = self.data.synthetic
+        if min(s.n_features, s.d, s.k) <= 0 or s.n_samples < 0 or s.group_size <= 0:
+            raise SaekitError("data.synthetic: n_features, d, k and group_size must be positive, n_samples >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["sae"] = self.sae.to_dict()
         return out
+
+
+def check_device(device: str, where: str = "device") -> None:
+    """Refuse a device torch cannot use here (a typo, or cuda on a machine without CUDA)."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise SaekitError(f"{where}: unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SaekitError(f"{where}={device} but no CUDA device is available here; use cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise SaekitError(f"{where}={device} but MPS is not available here; use cpu")
 
 
 def _defaults(cls: type) -> dict[str, Any]:

@@ -49,6 +49,8 @@ class StoreWriter:
         manifest_path = self.path / "manifest.json"
         for leftover in self.path.glob(".shard-*.tmp"):  # a killed run's half-written temporary file
             leftover.unlink(missing_ok=True)
+        if manifest_path.is_file() and not overwrite and _nothing_stored(manifest_path):
+            overwrite = True  # a failed run's empty store must not block the corrected command
         if manifest_path.is_file() and not overwrite:
             old = read_json(manifest_path)
             if old.get("format") != FORMAT or old.get("meta") != meta or old.get("fp16") != fp16:
@@ -107,6 +109,14 @@ class StoreWriter:
         atomic_write_json(self.path / "manifest.json", self.manifest)
 
 
+def _nothing_stored(manifest_path: Path) -> bool:
+    try:
+        m = read_json(manifest_path)
+    except SaekitError:
+        return False
+    return isinstance(m, dict) and m.get("format") == FORMAT and not m.get("complete") and m.get("shards") == []
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not (path / "manifest.json").is_file():
@@ -138,6 +148,9 @@ def block_batches(load_block: Callable[[int, int], Block | None], batch_size: in
         if block is None:
             if first_block == 0 and rows_in_epoch == 0:
                 raise SaekitError(f"{where}: no activations to train on")
+            if first_block == 0 and rows_in_epoch < batch_size:  # would cycle the data within every batch
+                raise SaekitError(f"{where} yields only {rows_in_epoch} tokens, fewer than one batch of {batch_size}; "
+                                  "use more data or a smaller batch_size")
             epoch, b, row, first_block, rows_in_epoch = epoch + 1, 0, 0, 0, 0
             continue
         acts, grads = block
