@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -37,26 +38,58 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-@contextmanager
-def _atomic_target(path: Path) -> Iterator[str]:
-    """A temporary file beside ``path`` to write into; on success it is fsynced and renamed over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, _umask_mode())
-    os.close(fd)
+def disk_full_error(folder: Path, needed: int | None) -> SaekitError:
+    """One line for ENOSPC: which folder, how much was needed, how much is free."""
     try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    need = f"about {_size(needed)} was needed" if needed else "more space was needed"
+    have = f", {_size(free)} is free" if free is not None else ""
+    return SaekitError(f"no space left on the device holding {folder}: {need}{have}; free some space or write elsewhere")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@contextmanager
+def disk_errors(folder: str | os.PathLike, needed: int | None = None) -> Iterator[None]:
+    """Turn a full disk (ENOSPC, EDQUOT) inside the block into one clear SaekitError."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(Path(folder), needed) from None
         raise
-    _fsync_dir(path.parent)
+
+
+@contextmanager
+def _atomic_target(path: Path, needed: int | None = None) -> Iterator[str]:
+    """A temporary file beside ``path`` to write into; on success it is fsynced and renamed over ``path``."""
+    with disk_errors(path.parent, needed):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, _umask_mode())
+        os.close(fd)
+        try:
+            yield tmp
+            os.chmod(tmp, _umask_mode())  # safetensors' writer recreates the file 0600
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with _atomic_target(Path(path)) as tmp, open(tmp, "wb") as f:
+    with _atomic_target(Path(path), len(data)) as tmp, open(tmp, "wb") as f:
         f.write(data)
 
 
@@ -70,8 +103,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def atomic_save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically (tensors are made contiguous; never pickled)."""
-    with _atomic_target(Path(path)) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    needed = sum(v.numel() * v.element_size() for v in tensors.values())
+    with _atomic_target(Path(path), needed) as tmp:
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        except SafetensorError as e:  # the Rust writer reports a full disk as its own error type
+            if "os error 28" in str(e) or "No space left" in str(e):
+                raise OSError(errno.ENOSPC, "No space left on device") from None
+            raise
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

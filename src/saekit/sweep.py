@@ -23,10 +23,10 @@ from typing import Annotated, Any
 import tyro
 
 from saekit import cliparse
-from saekit.config import DataConfig, TrainConfig, load_train_config
+from saekit.config import DataConfig, TrainConfig, check_numbers, load_train_config
 from saekit.errors import SaekitError
 from saekit.io import atomic_write_json, atomic_write_text
-from saekit.lock import output_lock
+from saekit.lock import check_output_folder, output_lock
 from saekit.report.table import format_table
 
 COLUMNS = ("name", "status", "architecture", "n_latents", "sparsity_param", "sparsity", "l0", "fvu",
@@ -159,7 +159,7 @@ def _run_sweep(base: TrainConfig, points: list[Point], out: Path, cache_tokens: 
         print(f"[{i + 1}/{len(points)}] {p.name}", flush=True)
         try:
             sae, metrics = run_point(point_config(base, p, out / "runs"), eval_tokens, lm is None)
-            row.update(metrics)
+            row.update(metrics, n_latents=sae.cfg.n_latents)  # what was trained (the base may say 0: from d_in)
             trained[p.name] = sae
         except Exception as e:  # recorded, the sweep goes on
             row.update(status="failed", error=_one_line(e))
@@ -214,6 +214,13 @@ def parse(argv: list[str]) -> SweepCommand:
 
 def main(argv: list[str]) -> None:
     cmd = parse(argv)
+    check_numbers(cmd, "")
+    for name in ("widths", "ks"):
+        if any(v <= 0 for v in getattr(cmd, name)):
+            raise SaekitError(f"--{name} must all be positive, got {' '.join(map(str, getattr(cmd, name)))}")
+    if any(v < 0 for v in cmd.l1_coeffs):
+        raise SaekitError(f"--l1-coeffs must all be >= 0, got {' '.join(map(str, cmd.l1_coeffs))}")
+    check_output_folder(cmd.sweep_dir, "sweep folder")
     points = grid(cmd.cfg, cmd.architectures, cmd.l1_coeffs, cmd.ks, cmd.widths)
     run_sweep(cmd.cfg, points, cmd.sweep_dir, cmd.cache_tokens, cmd.eval_tokens, cmd.splice_contexts,
               cmd.splice_batch_contexts)

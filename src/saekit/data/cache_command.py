@@ -72,7 +72,7 @@ def cache(cfg: CacheConfig, model: Any = None, tokenizer: Any = None) -> list[Pa
 def _cache(cfg: CacheConfig, model: Any, tokenizer: Any) -> list[Path]:
     lm = cfg.lm
     if model is None or tokenizer is None:
-        model, tokenizer = load_model(lm.model, device=lm.device, dtype=lm.dtype)
+        model, tokenizer = load_model(lm.model, device=lm.device, dtype=lm.dtype, progress=cfg.progress)
     hp = resolve_hookpoint(model, lm.hookpoint)
     # a shard no larger than what --max-tokens asks for (whole contexts, at least one)
     wanted = min(cfg.shard_tokens, cfg.max_tokens) if cfg.max_tokens else cfg.shard_tokens

@@ -9,7 +9,7 @@ from typing import Annotated
 import tyro
 
 from saekit import cliparse
-from saekit.config import DataConfig, load_train_config
+from saekit.config import DataConfig, check_device, check_numbers, load_train_config
 from saekit.data.factory import make_source
 from saekit.errors import SaekitError
 from saekit.io import atomic_write_json
@@ -53,6 +53,8 @@ def main(argv: list[str]) -> None:
     from saekit.sae import load
 
     cmd = cliparse.cli(EvalCommand, args=argv, prog="saekit eval", description="Evaluate a saved SAE.")
+    check_numbers(cmd, "")
+    check_device(cmd.device)
     if min(cmd.tokens, cmd.batch_size, cmd.splice_contexts, cmd.splice_batch_contexts) <= 0:
         raise SaekitError("--tokens, --batch-size, --splice-contexts and --splice-batch-contexts must be positive")
     sae = load(cmd.sae, cmd.device)

@@ -236,6 +236,10 @@ def main(argv: list[str]) -> None:
     cfg = cliparse.cli(FeaturesCommand, args=argv, prog="saekit features",
                    description="What each latent responds to: statistics, top-activating contexts, logit effects; "
                                "JSON and an HTML dashboard.")
+    from saekit.config import check_device, check_numbers
+
+    check_numbers(cfg, "")
+    check_device(cfg.device)
     if min(cfg.n_contexts, cfg.batch_contexts, cfg.n_show, cfg.n_examples, cfg.n_logits) <= 0 or cfg.window < 0:
         raise SaekitError("--n-contexts, --batch-contexts, --n-show, --n-examples, --n-logits must be positive "
                           "and --window >= 0")

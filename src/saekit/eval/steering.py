@@ -218,6 +218,10 @@ def main(argv: list[str]) -> None:
 
     cfg = cliparse.cli(SteerCommand, args=argv, prog="saekit steer-eval",
                    description="Steer a language model with a sample of an SAE's latents; effect on target tokens vs KL.")
+    from saekit.config import check_device, check_numbers
+
+    check_numbers(cfg, "")
+    check_device(cfg.device)
     if min(cfg.n_latents, cfg.pool, cfg.batch_contexts) <= 0:
         raise SaekitError("--n-latents, --pool and --batch-contexts must be positive")
     sae = load(cfg.sae, cfg.device)

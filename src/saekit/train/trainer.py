@@ -21,7 +21,7 @@ from saekit.data.factory import make_source
 from saekit.data.source import ActivationSource, check_finite
 from saekit.errors import SaekitError
 from saekit.eval import metrics
-from saekit.io import atomic_write_text, remove_temporaries
+from saekit.io import atomic_write_text, disk_errors, remove_temporaries
 from saekit.lock import holds, output_lock
 from saekit.rng import stream_seed
 from saekit.sae import SparseAutoencoder, architecture_class, build_sae
@@ -114,6 +114,10 @@ class Trainer:
         self.device = self.cluster.device if self.cluster.world > 1 else cfg.device
         self.out = Path(cfg.out_dir)
         self.source = source if source is not None else make_source(cfg.data, "train")
+        total = getattr(self.source, "total_tokens", None)
+        if isinstance(total, int) and total < cfg.batch_size:
+            raise SaekitError(f"the training data holds only {total} tokens, fewer than one batch of "
+                              f"{cfg.batch_size}; use more data or a smaller batch_size")
         main = self.cluster.is_main
         if main and holds(self.out):  # safe only while no other writer can be at work here
             remove_temporaries(self.out)
@@ -169,6 +173,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------
     def run(self) -> SparseAutoencoder:
+        with disk_errors(self.out):  # a full disk: one line naming the folder, not a traceback
+            return self._run()
+
+    def _run(self) -> SparseAutoencoder:
         cfg, sae, main = self.cfg, self.sae, self.cluster.is_main
         arch = architecture_class(sae.cfg.architecture)
         stream = self.source.batches(cfg.batch_size, self.position)
