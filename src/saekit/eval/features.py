@@ -233,8 +233,10 @@ def main(argv: list[str]) -> None:
     from saekit.report.table import format_table
     from saekit.sae import load
 
-    cfg = cliparse.cli(FeaturesCommand, args=argv, prog="saekit features",
-                   description="What each latent responds to: statistics, top-activating contexts, logit effects; "
+    from saekit.eval.command import parse_with_run_data
+
+    cfg = parse_with_run_data(FeaturesCommand, argv, "saekit features",
+                   "What each latent responds to: statistics, top-activating contexts, logit effects; "
                                "JSON and an HTML dashboard.")
     from saekit.config import check_device, check_numbers
 

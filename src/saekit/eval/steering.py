@@ -216,8 +216,10 @@ def main(argv: list[str]) -> None:
     from saekit.report.table import format_table
     from saekit.sae import load
 
-    cfg = cliparse.cli(SteerCommand, args=argv, prog="saekit steer-eval",
-                   description="Steer a language model with a sample of an SAE's latents; effect on target tokens vs KL.")
+    from saekit.eval.command import parse_with_run_data
+
+    cfg = parse_with_run_data(SteerCommand, argv, "saekit steer-eval",
+                   "Steer a language model with a sample of an SAE's latents; effect on target tokens vs KL.")
     from saekit.config import check_device, check_numbers
 
     check_numbers(cfg, "")
