@@ -29,7 +29,7 @@ def cli(cls: Any, *, args: list[str], prog: str, **kwargs: Any) -> Any:
 
 def _one_line(text: str, prog: str) -> str:
     lines = [_BOX.sub(" ", line).strip() for line in text.splitlines()]
-    lines = [line for line in lines if line]
+    lines = [line for line in lines if line and not set(line) <= set("-=+|_ ")]  # rules in plain-text mode
     if not lines:
         return f"bad arguments; see {prog} --help"
     body = [line for line in lines[1:] if not line.startswith(("For full helptext", "Argument helptext"))]
