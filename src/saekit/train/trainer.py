@@ -48,7 +48,8 @@ def initialise(cfg: TrainConfig, source: ActivationSource) -> SparseAutoencoder:
     sae_cfg = cfg.sae.resolved(source.d_in)
     if cfg.normalize_activations:
         sae_cfg = replace(sae_cfg, input_scale=input_scale(sample))
-    grads = next(source.batches(cfg.init_samples))[0].grads if source.has_grads else None
+    # as many rows as the sample holds (a store smaller than init_samples is sampled whole, not cycled)
+    grads = next(source.batches(sample.shape[0]))[0].grads if source.has_grads else None
     sae_cfg = architecture_class(sae_cfg.architecture).fit_to_sample(sae_cfg, sample, grads)
     sae = build_sae(sae_cfg, seed=cfg.seed)
     scaled = sample * sae_cfg.input_scale
