@@ -13,6 +13,7 @@ from saekit.errors import SaekitError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("Train an SAE (config file and/or flags; --resume continues a run)", "saekit.train.command:main"),
     "eval": ("Evaluate a saved SAE on held-out data; prints a table and writes JSON", "saekit.eval.command:main"),
+    "verify": ("Check a store, SAE, checkpoint or run folder completely: checksums, shapes, schema, NaN", "saekit.verify:main"),
     "info": ("Show a saved SAE's config and weights summary", "saekit.info:main"),
     "cache": ("Harvest activations (and --grads) into an on-disk store", "saekit.data.cache_command:main"),
     "sweep": ("Train and evaluate a grid of SAEs (architectures x λ/k x widths) on shared data; table + plots", "saekit.sweep:main"),

@@ -67,6 +67,33 @@ class SAEConfig(_merge_params()):  # type: ignore[misc]
     def from_dict(cls, data: dict[str, Any]) -> "SAEConfig":
         return from_dict(cls, data, "sae")
 
+    @classmethod
+    def from_saved(cls, data: Any, where: str) -> "SAEConfig":
+        """Strict loading of a saved cfg.json: the architecture's fields (common + its ``Params``), each
+        present, typed and valid, and no other; any problem is one SaekitError naming ``where``."""
+        if not isinstance(data, dict):
+            raise SaekitError(f"{where}: expected a mapping, got {type(data).__name__}")
+        arch = data.get("architecture")
+        if not isinstance(arch, str):
+            raise SaekitError(f"{where}: no architecture named (field 'architecture')")
+        try:
+            architecture_class(arch)
+        except SaekitError as e:
+            raise SaekitError(f"{where}: {e}") from None
+        wanted = cls(architecture=arch).arch_fields()
+        missing = [n for n in wanted if n not in data]
+        if missing:
+            raise SaekitError(f"{where}: missing field(s) {', '.join(missing)} (the file is damaged or was edited)")
+        extra = sorted(set(data) - set(wanted))
+        if extra:
+            raise SaekitError(f"{where}: field(s) {', '.join(extra)} do not belong to a {arch} SAE")
+        cfg = from_dict(cls, data, where)
+        try:
+            cfg.validate()
+        except SaekitError as e:
+            raise SaekitError(f"{where}: {e}") from None
+        return cfg
+
     def resolved(self, d_in: int) -> "SAEConfig":
         """Fill d_in / n_latents from the data, refusing a mismatch."""
         if self.d_in not in (0, d_in):
@@ -78,6 +105,7 @@ class SAEConfig(_merge_params()):  # type: ignore[misc]
 
     def validate(self) -> None:
         cls = architecture_class(self.architecture)
+        check_numbers(self, "sae")
         if self.d_in <= 0 or self.n_latents <= 0:
             raise SaekitError("sae.d_in and sae.n_latents must be positive")
         if not (self.input_scale > 0 and math.isfinite(self.input_scale)):
@@ -133,6 +161,20 @@ class LMConfig:
     """Device for the language model."""
     dtype: str = "float32"
     """Model dtype (float32 on CPU; bfloat16/float16 on GPU)."""
+
+    def validate(self, where: str = "lm") -> None:
+        check_numbers(self, where)
+        p = f"{where}." if where else ""
+        if self.context_length < 2:
+            raise SaekitError(f"{p}context_length must be at least 2, got {self.context_length}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise SaekitError(f"{p}eval_fraction must lie in [0, 1), got {self.eval_fraction}")
+        for name in ("model_batch_contexts", "shuffle_buffer_tokens"):
+            if getattr(self, name) <= 0:
+                raise SaekitError(f"{p}{name} must be positive, got {getattr(self, name)}")
+        if self.dtype not in ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16"):
+            raise SaekitError(f"{p}dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
+        check_device(self.device, f"{p}device")
 
 
 @dataclass
@@ -204,6 +246,7 @@ class TrainConfig:
     """Show a progress bar."""
 
     def validate(self) -> None:
+        check_numbers(self, "")
         positive = {"steps": self.steps, "batch_size": self.batch_size, "init_samples": self.init_samples,
                     "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints}
         for name, value in positive.items():
@@ -224,12 +267,115 @@ class TrainConfig:
                 raise SaekitError(f"{name} must lie in [0, 1), got {v}")
         if self.grad_clip < 0:
             raise SaekitError(f"grad_clip must be >= 0, got {self.grad_clip}")
+        if self.dead_window_tokens <= 0:
+            raise SaekitError(f"dead_window_tokens must be positive, got {self.dead_window_tokens}")
         architecture_class(self.sae.architecture)
+        check_device(self.device)
+        if self.data.source == "lm":
+            self.data.lm.validate("data.lm")
+        s = self.data.synthetic
+        if min(s.n_features, s.d, s.k) <= 0 or s.n_samples < 0 or s.group_size <= 0:
+            raise SaekitError("data.synthetic: n_features, d, k and group_size must be positive, n_samples >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["sae"] = self.sae.to_dict()
         return out
+
+
+def check_device(device: str, where: str = "device") -> None:
+    """Refuse a device torch cannot use here (a typo, or cuda on a machine without CUDA)."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise SaekitError(f"{where}: unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SaekitError(f"{where}={device} but no CUDA device is available here; use cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise SaekitError(f"{where}={device} but MPS is not available here; use cpu")
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+def unused_settings(cfg: TrainConfig) -> list[str]:
+    """Settings given (differing from their defaults) that the chosen architecture or data source does
+    not use, or that training overwrites; one line each. Generic over the architectures' Params."""
+    problems = []
+    sae, defaults = cfg.sae, _defaults(SAEConfig)
+    cls = architecture_class(sae.architecture)
+    own = set(sae.arch_fields())
+    for name, default in defaults.items():
+        if name not in own and getattr(sae, name) != default:
+            owners = sorted(a for a, c in architectures().items()
+                            if name in {f.name for f in dataclasses.fields(c.Params)})
+            problems.append(f"sae.{name} is not used by a {sae.architecture} SAE (it belongs to {', '.join(owners)})")
+    if cfg.normalize_activations and sae.input_scale != defaults["input_scale"]:
+        problems.append("sae.input_scale is estimated from the data when normalize_activations is on; "
+                        "pass --no-normalize-activations to fix it yourself")
+    for name in getattr(cls, "fitted_fields", ()):
+        if getattr(sae, name) != defaults[name]:
+            problems.append(f"sae.{name} is estimated from the data by a {sae.architecture} SAE; do not set it")
+    data = cfg.data
+    if data.store and data.source != "store":
+        problems.append(f"data.store is set but data.source is {data.source!r}; pass --data.source store to train on it")
+    if data.source != "synthetic" and data.synthetic != SyntheticConfig():
+        problems.append(f"data.synthetic.* is set but data.source is {data.source!r}")
+    if data.source == "synthetic" and data.lm != LMConfig():
+        problems.append("data.lm.* is set but data.source is 'synthetic'; pass --data.source lm")
+    if data.source != "store" and data.store_seed != 0:
+        problems.append(f"data.store_seed is set but data.source is {data.source!r}")
+    return problems
+
+
+def check_settings_used(cfg: TrainConfig) -> None:
+    problems = unused_settings(cfg)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SaekitError(f"{problems[0]}{more}")
+
+
+def resume_differences(saved_sae: SAEConfig, saved_data: DataConfig | None, cfg: TrainConfig) -> list[str]:
+    """How the SAE and data settings asked for differ from a checkpoint's (``saved_sae``: its cfg.json;
+    ``saved_data``: the run's config.yaml). Settings filled from the data (d_in, n_latents when 0, a
+    fitted input_scale) count only where they were given."""
+    want, diffs = cfg.sae, []
+    if want.architecture != saved_sae.architecture:
+        return [f"sae.architecture: {saved_sae.architecture} in the checkpoint, {want.architecture} asked for"]
+    fitted = set(getattr(architecture_class(want.architecture), "fitted_fields", ()))
+    for name in want.arch_fields():
+        a, b = getattr(saved_sae, name), getattr(want, name)
+        if name == "expansion_factor" or name in fitted:
+            continue
+        if name == "d_in" and b == 0:
+            continue
+        if name == "n_latents" and b == 0:
+            b = want.expansion_factor * saved_sae.d_in
+        if name == "input_scale" and cfg.normalize_activations:
+            continue
+        if a != b:
+            diffs.append(f"sae.{name}: {a} in the checkpoint, {b} asked for")
+    if saved_data is not None:
+        diffs += [f"data.{p}" for p in _differences(dataclasses.asdict(saved_data), dataclasses.asdict(cfg.data))]
+    return diffs
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in a:
+            out += _differences(a[k], b.get(k), f"{path}.{k}" if path else k)
+        return out
+    return [] if a == b else [f"{path}: {a!r} in the checkpoint's run, {b!r} asked for"]
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
@@ -238,7 +384,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         raise SaekitError(f"{where}: expected a mapping, got {type(data).__name__}")
     try:
         return dacite.from_dict(cls, data, config=dacite.Config(strict=True, cast=[tuple],
-                                                                type_hooks={float: _to_float}))
+                                                                type_hooks={float: _to_float, int: _to_int}))
     except dacite.UnexpectedDataError as e:
         raise SaekitError(f"{where}: unknown field(s) {', '.join(sorted(e.keys))}") from None
     except dacite.WrongTypeError as e:
@@ -248,8 +394,45 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         raise SaekitError(f"{where}: {e}") from None
 
 
+class _NotA:
+    """What a hook hands dacite for a value of the wrong kind, so that it reports a type error."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
 def _to_float(value: Any) -> Any:
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    """Ints are floats; a number YAML 1.1 reads as a string (``1e-3``) is too; bools are not numbers."""
+    if isinstance(value, bool):
+        return _NotA(value)
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _to_int(value: Any) -> Any:
+    """``steps: true`` is not 1: bools are not ints."""
+    return _NotA(value) if isinstance(value, bool) else value
+
+
+def check_numbers(obj: Any, where: str) -> None:
+    """Refuse NaN and infinite values in every float field of a (nested) config dataclass or tuple."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            check_numbers(getattr(obj, f.name), f"{where}.{f.name}" if where else f.name)
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            check_numbers(v, where)
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        raise SaekitError(f"{where} must be a finite number, got {obj}")
 
 
 def _type_name(t: Any) -> str:

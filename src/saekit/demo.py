@@ -16,6 +16,7 @@ from typing import Literal
 
 import tyro
 
+from saekit import cliparse
 from saekit.config import DataConfig, SAEConfig, SyntheticConfig, TrainConfig
 from saekit.report.table import format_table
 
@@ -119,7 +120,7 @@ def lm_demo(cmd: DemoCommand) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    cmd = tyro.cli(DemoCommand, args=argv, prog="saekit demo", description=__doc__)
+    cmd = cliparse.cli(DemoCommand, args=argv, prog="saekit demo", description=__doc__)
     if cmd.mode == "synthetic":
         rows = synthetic_demo(cmd)
         print("\nSynthetic ground truth (O'Neill et al.: N=64 true atoms, M=32, K=3), held-out samples:")

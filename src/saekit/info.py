@@ -8,6 +8,7 @@ from typing import Annotated
 
 import tyro
 
+from saekit import cliparse
 from saekit.report.table import format_table
 
 
@@ -20,7 +21,7 @@ class InfoCommand:
 def main(argv: list[str]) -> None:
     from saekit.sae import load
 
-    cmd = tyro.cli(InfoCommand, args=argv, prog="saekit info", description="Describe a saved SAE.")
+    cmd = cliparse.cli(InfoCommand, args=argv, prog="saekit info", description="Describe a saved SAE.")
     sae = load(cmd.sae)
     print(f"{cmd.sae}: {sae.cfg.architecture} SAE")
     print(format_table([{"field": k, "value": v} for k, v in sae.cfg.to_dict().items()]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -36,26 +38,58 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-@contextmanager
-def _atomic_target(path: Path) -> Iterator[str]:
-    """A temporary file beside ``path`` to write into; on success it is fsynced and renamed over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, _umask_mode())
-    os.close(fd)
+def disk_full_error(folder: Path, needed: int | None) -> SaekitError:
+    """One line for ENOSPC: which folder, how much was needed, how much is free."""
     try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    need = f"about {_size(needed)} was needed" if needed else "more space was needed"
+    have = f", {_size(free)} is free" if free is not None else ""
+    return SaekitError(f"no space left on the device holding {folder}: {need}{have}; free some space or write elsewhere")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@contextmanager
+def disk_errors(folder: str | os.PathLike, needed: int | None = None) -> Iterator[None]:
+    """Turn a full disk (ENOSPC, EDQUOT) inside the block into one clear SaekitError."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(Path(folder), needed) from None
         raise
-    _fsync_dir(path.parent)
+
+
+@contextmanager
+def _atomic_target(path: Path, needed: int | None = None) -> Iterator[str]:
+    """A temporary file beside ``path`` to write into; on success it is fsynced and renamed over ``path``."""
+    with disk_errors(path.parent, needed):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, _umask_mode())
+        os.close(fd)
+        try:
+            yield tmp
+            os.chmod(tmp, _umask_mode())  # safetensors' writer recreates the file 0600
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with _atomic_target(Path(path)) as tmp, open(tmp, "wb") as f:
+    with _atomic_target(Path(path), len(data)) as tmp, open(tmp, "wb") as f:
         f.write(data)
 
 
@@ -69,8 +103,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def atomic_save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically (tensors are made contiguous; never pickled)."""
-    with _atomic_target(Path(path)) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    needed = sum(v.numel() * v.element_size() for v in tensors.values())
+    with _atomic_target(Path(path), needed) as tmp:
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        except SafetensorError as e:  # the Rust writer reports a full disk as its own error type
+            if "os error 28" in str(e) or "No space left" in str(e):
+                raise OSError(errno.ENOSPC, "No space left on device") from None
+            raise
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -82,6 +122,31 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise SaekitError(f"corrupted or truncated safetensors file {path}: {e}") from None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: str | os.PathLike, expected: Any, what: str) -> None:
+    """Refuse a file whose sha256 is not ``expected`` (as recorded when it was written)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SaekitError(f"missing file: {path}")
+    if not isinstance(expected, str) or file_sha256(path) != expected:
+        raise SaekitError(f"{path} is corrupted (sha256 mismatch with {what}); it cannot be trusted")
+
+
+def check_finite_tensors(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or inf (a damaged file, or a run that diverged before it was saved)."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise SaekitError(f"{where}: tensor {name!r} holds NaN or inf values; these weights are unusable "
+                              "(the run diverged or the file was damaged)")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -107,3 +172,24 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     _fsync_dir(final_dir.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_temporaries(folder: str | os.PathLike, depth: int = 2) -> list[Path]:
+    """Delete what killed writers leave behind in ``folder`` (and its subfolders, ``depth`` levels):
+    atomic-write temporaries ``.NAME.*.tmp``, unfinished checkpoint folders ``.tmp-*`` and replaced
+    folders ``.NAME.old``. Call it only while holding the folder's lock (``saekit.lock``)."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in list(folder.iterdir()):
+        name = p.name
+        if name.startswith(".") and (name.endswith(".tmp") or name.startswith(".tmp-") or name.endswith(".old")):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+        elif depth > 0 and p.is_dir() and not p.is_symlink() and not name.startswith("."):
+            removed += remove_temporaries(p, depth - 1)
+    return removed

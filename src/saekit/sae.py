@@ -8,7 +8,6 @@ hyperparameters, which become fields of ``SAEConfig`` automatically.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ from torch import Tensor, nn
 
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
-from saekit.io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
+from saekit.io import (atomic_save_tensors, atomic_write_json, check_finite_tensors, file_sha256, load_tensors,
+                       read_json, verify_sha256)
 from saekit.kernels import SparseCodes, chunk_rows
 from saekit.rng import stream
 
@@ -82,6 +82,7 @@ class SparseAutoencoder(nn.Module):
     adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
     uses_sparsity_penalty: ClassVar[bool] = False  # L1-trained: λ warm-up and resampling apply
     needs_gradients: ClassVar[bool] = False
+    fitted_fields: ClassVar[tuple[str, ...]] = ()  # Params fields the trainer estimates from the data (fit_to_sample)
 
     def __init__(self, cfg: "SAEConfig") -> None:
         super().__init__()
@@ -163,7 +164,7 @@ class SparseAutoencoder(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         atomic_save_tensors(directory / "model.safetensors", dict(self.state_dict()),
                             metadata={"architecture": self.architecture})
-        digest = hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()
+        digest = file_sha256(directory / "model.safetensors")
         atomic_write_json(directory / "cfg.json", {**self.cfg.to_dict(), WEIGHTS_SHA256: digest})
 
 
@@ -223,7 +224,7 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> SparseAut
         raise SaekitError(f"no SAE folder at {directory}")
     data = read_json(directory / "cfg.json")
     digest = data.pop(WEIGHTS_SHA256, None) if isinstance(data, dict) else None
-    cfg = SAEConfig.from_dict(data)
+    cfg = SAEConfig.from_saved(data, str(directory / "cfg.json"))
     sae = architecture_class(cfg.architecture)(cfg)
     state = load_tensors(directory / "model.safetensors")
     expected = dict(sae.state_dict())
@@ -231,9 +232,8 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> SparseAut
         raise SaekitError(f"{directory}/model.safetensors does not match cfg.json ({cfg.architecture}, "
                           f"d_in={cfg.d_in}, n_latents={cfg.n_latents})")
     if digest is not None:  # folders written before checksums were recorded have none to verify
-        weights = directory / "model.safetensors"
-        if hashlib.sha256(weights.read_bytes()).hexdigest() != digest:
-            raise SaekitError(f"{weights} is corrupted (sha256 mismatch with cfg.json)")
+        verify_sha256(directory / "model.safetensors", digest, "cfg.json")
+    check_finite_tensors(state, str(directory / "model.safetensors"))
     sae.load_state_dict(state)
     return sae.to(device)
 

@@ -22,9 +22,11 @@ from typing import Annotated, Any
 
 import tyro
 
-from saekit.config import DataConfig, TrainConfig, load_train_config
+from saekit import cliparse
+from saekit.config import DataConfig, TrainConfig, check_numbers, load_train_config
 from saekit.errors import SaekitError
 from saekit.io import atomic_write_json, atomic_write_text
+from saekit.lock import check_output_folder, output_lock
 from saekit.report.table import format_table
 
 COLUMNS = ("name", "status", "architecture", "n_latents", "sparsity_param", "sparsity", "l0", "fvu",
@@ -131,15 +133,22 @@ def run_point(cfg: TrainConfig, eval_tokens: int, evaluate_reconstruction_: bool
 
 def run_sweep(base: TrainConfig, points: list[Point], sweep_dir: str | Path, cache_tokens: int = 500_000,
               eval_tokens: int = 65536, splice_contexts: int = 64, splice_batch_contexts: int = 8) -> list[dict[str, Any]]:
-    """Train and evaluate every point; write results.csv, results.json and plots/. Returns the rows."""
-    from saekit.eval.splice import lm_settings, splice_saes
-
+    """Train and evaluate every point; write results.csv, results.json and plots/. Returns the rows.
+    Raises SaekitError (after writing the results) when every point failed."""
     base.validate()
     if min(eval_tokens, splice_contexts, splice_batch_contexts, cache_tokens) <= 0:
         raise SaekitError("cache_tokens, eval_tokens, splice_contexts and splice_batch_contexts must be positive")
     if not points:
         raise SaekitError("the grid is empty")
     out = Path(sweep_dir)
+    with output_lock(out, "saekit sweep"):
+        return _run_sweep(base, points, out, cache_tokens, eval_tokens, splice_contexts, splice_batch_contexts)
+
+
+def _run_sweep(base: TrainConfig, points: list[Point], out: Path, cache_tokens: int, eval_tokens: int,
+               splice_contexts: int, splice_batch_contexts: int) -> list[dict[str, Any]]:
+    from saekit.eval.splice import lm_settings, splice_saes
+
     data = shared_data(base, out, cache_tokens)
     lm = lm_settings(data)
     base = replace(base, data=data)
@@ -150,7 +159,7 @@ def run_sweep(base: TrainConfig, points: list[Point], sweep_dir: str | Path, cac
         print(f"[{i + 1}/{len(points)}] {p.name}", flush=True)
         try:
             sae, metrics = run_point(point_config(base, p, out / "runs"), eval_tokens, lm is None)
-            row.update(metrics)
+            row.update(metrics, n_latents=sae.cfg.n_latents)  # what was trained (the base may say 0: from d_in)
             trained[p.name] = sae
         except Exception as e:  # recorded, the sweep goes on
             row.update(status="failed", error=_one_line(e))
@@ -161,6 +170,8 @@ def run_sweep(base: TrainConfig, points: list[Point], sweep_dir: str | Path, cac
         for row in rows:
             row.update(spliced.get(row["name"], {}))
     write_results(rows, out, base, lm is not None)
+    if all(r["status"] == "failed" for r in rows):
+        raise SaekitError(f"every point of the sweep failed ({len(rows)}); the first: {rows[0]['error']}")
     return rows
 
 
@@ -194,15 +205,22 @@ def write_results(rows: list[dict[str, Any]], out: Path, base: TrainConfig, lm_d
 
 def parse(argv: list[str]) -> SweepCommand:
     """As `saekit train`: find --config, load it as the defaults, then parse every flag against it."""
-    first, _ = tyro.cli(SweepCommand, args=[a for a in argv if a not in ("-h", "--help")],
+    first, _ = cliparse.cli(SweepCommand, args=[a for a in argv if a not in ("-h", "--help")],
                         return_unknown_args=True, prog="saekit sweep")
     base = load_train_config(first.config) if first.config is not None else TrainConfig()
-    return tyro.cli(SweepCommand, args=argv, default=replace(first, cfg=base), prog="saekit sweep",
+    return cliparse.cli(SweepCommand, args=argv, default=replace(first, cfg=base), prog="saekit sweep",
                     description="Train and evaluate a grid of SAEs on shared activations.")
 
 
 def main(argv: list[str]) -> None:
     cmd = parse(argv)
+    check_numbers(cmd, "")
+    for name in ("widths", "ks"):
+        if any(v <= 0 for v in getattr(cmd, name)):
+            raise SaekitError(f"--{name} must all be positive, got {' '.join(map(str, getattr(cmd, name)))}")
+    if any(v < 0 for v in cmd.l1_coeffs):
+        raise SaekitError(f"--l1-coeffs must all be >= 0, got {' '.join(map(str, cmd.l1_coeffs))}")
+    check_output_folder(cmd.sweep_dir, "sweep folder")
     points = grid(cmd.cfg, cmd.architectures, cmd.l1_coeffs, cmd.ks, cmd.widths)
     run_sweep(cmd.cfg, points, cmd.sweep_dir, cmd.cache_tokens, cmd.eval_tokens, cmd.splice_contexts,
               cmd.splice_batch_contexts)

@@ -180,3 +180,45 @@ def test_fp16_overflow_refused(tmp_path):
     with pytest.raises(SaekitError, match="float16 range"):
         w.write_shard(torch.full((2, 4), 1e6), None, 1)
     assert not list((tmp_path / "s").glob("shard-*"))
+
+
+def _tree(path):
+    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_keeps_the_old_store_when_the_new_harvest_fails(cfg, tiny_model, tokenizer, tmp_path):
+    cache(cfg, tiny_model, tokenizer)
+    before = _tree(tmp_path / "store")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(SaekitError, match="empty"):
+        cache(replace(cfg, overwrite=True, lm=replace(cfg.lm, corpus=str(tmp_path / "empty.txt"))), tiny_model, tokenizer)
+    assert _tree(tmp_path / "store") == before
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["eval", "train"]
+    # and a successful overwrite replaces it
+    (path, _) = cache(replace(cfg, overwrite=True, lm=replace(cfg.lm, context_length=8)), tiny_model, tokenizer)
+    assert _manifest(path)["meta"]["context_length"] == 8
+
+
+def test_a_failed_cache_leaves_nothing_that_blocks_the_corrected_command(cfg, tiny_model, tokenizer, tmp_path):
+    (tmp_path / "blank.txt").write_text("   \n\n  \t\n")
+    with pytest.raises(SaekitError):
+        cache(replace(cfg, lm=replace(cfg.lm, corpus=str(tmp_path / "blank.txt"))), tiny_model, tokenizer)
+    assert not (tmp_path / "store").exists()
+    (tmp_path / "tiny.txt").write_text("the king")
+    with pytest.raises(SaekitError, match="yields only 2 tokens"):
+        cache(replace(cfg, split="train", lm=replace(cfg.lm, corpus=str(tmp_path / "tiny.txt"))), tiny_model, tokenizer)
+    assert not (tmp_path / "store").exists()
+    cache(cfg, tiny_model, tokenizer)  # the corrected command
+
+
+def test_max_tokens_bounds_the_first_shard(cfg, tiny_model, tokenizer):
+    (path,) = cache(replace(cfg, split="train", max_tokens=30, shard_tokens=100_000), tiny_model, tokenizer)
+    m = _manifest(path)
+    assert m["total_tokens"] == 30 and m["meta"]["shard_contexts"] == 2
+
+
+def test_a_store_smaller_than_one_batch_is_refused(cfg, tiny_model, tokenizer):
+    (path,) = cache(replace(cfg, split="train", max_tokens=30), tiny_model, tokenizer)
+    source = StoreSource(path)
+    with pytest.raises(SaekitError, match="yields only 30 tokens, fewer than one batch of 64"):
+        next(source.batches(64))

@@ -8,6 +8,7 @@ already stored and finishes with exactly the store an uninterrupted run would ha
 from __future__ import annotations
 
 import itertools
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,6 +17,7 @@ import torch
 import tyro
 from tqdm.auto import tqdm
 
+from saekit import cliparse
 from saekit.config import LMConfig
 from saekit.data.harvest import harvest
 from saekit.data.hookpoints import resolve_hookpoint
@@ -24,6 +26,8 @@ from saekit.data.source import check_finite
 from saekit.data.store import StoreWriter
 from saekit.data.text import contexts
 from saekit.errors import SaekitError
+from saekit.io import remove_temporaries, replace_dir
+from saekit.lock import output_lock
 
 
 @dataclass
@@ -59,27 +63,61 @@ def cache(cfg: CacheConfig, model: Any = None, tokenizer: Any = None) -> list[Pa
     lm = cfg.lm
     if cfg.max_tokens < 0 or cfg.shard_tokens <= 0 or lm.model_batch_contexts <= 0:
         raise SaekitError("max_tokens must be >= 0; shard_tokens and model_batch_contexts positive")
+    lm.validate("")
+    with output_lock(cfg.out, "saekit cache"):
+        remove_temporaries(cfg.out)
+        return _cache(cfg, model, tokenizer)
+
+
+def _cache(cfg: CacheConfig, model: Any, tokenizer: Any) -> list[Path]:
+    lm = cfg.lm
     if model is None or tokenizer is None:
-        model, tokenizer = load_model(lm.model, device=lm.device, dtype=lm.dtype)
+        model, tokenizer = load_model(lm.model, device=lm.device, dtype=lm.dtype, progress=cfg.progress)
     hp = resolve_hookpoint(model, lm.hookpoint)
-    shard_contexts = max(1, cfg.shard_tokens // lm.context_length)
+    # a shard no larger than what --max-tokens asks for (whole contexts, at least one)
+    wanted = min(cfg.shard_tokens, cfg.max_tokens) if cfg.max_tokens else cfg.shard_tokens
+    shard_contexts = max(1, -(-wanted // max(1, lm.context_length - 1)))
     splits = ["train", "eval"] if cfg.split == "both" else [cfg.split]
     if cfg.split == "both" and lm.eval_fraction == 0:
         splits = ["train"]
-    written = []
-    for split in splits:
-        path = Path(cfg.out) / split
-        writer = StoreWriter(path, _meta(cfg, split, shard_contexts), fp16=cfg.fp16, overwrite=cfg.overwrite)
-        if not writer.complete:
-            _fill(cfg, writer, model, tokenizer, hp, split, shard_contexts)
-        m = writer.manifest
-        print(f"{split}: {m['total_tokens']} tokens x d_in={m['d_in']} in {len(m['shards'])} shard(s) -> {path}")
-        written.append(path)
+    written, swaps = [], []
+    try:
+        for split in splits:
+            path = Path(cfg.out) / split
+            target = path
+            if cfg.overwrite and path.exists():  # the old store stays until the new one is complete
+                target = path.with_name(f".{split}.new.tmp")
+                shutil.rmtree(target, ignore_errors=True)
+                swaps.append((target, path))
+            writer = StoreWriter(target, _meta(cfg, split, shard_contexts), fp16=cfg.fp16)
+            if not writer.complete:
+                _fill(cfg, writer, model, tokenizer, hp, split, shard_contexts)
+            m = writer.manifest
+            print(f"{split}: {m['total_tokens']} tokens x d_in={m['d_in']} in {len(m['shards'])} shard(s) -> {path}")
+            written.append(path)
+    except BaseException:
+        for target, _ in swaps:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    for target, path in swaps:
+        replace_dir(target, path)
     return written
 
 
 def _fill(cfg: CacheConfig, writer: StoreWriter, model: Any, tokenizer: Any, hp: Any, split: str,
           shard_contexts: int) -> None:
+    lm = cfg.lm
+    fresh = writer.total_contexts == 0
+    try:
+        _harvest_into(cfg, writer, model, tokenizer, hp, split, shard_contexts)
+    except BaseException as e:
+        if fresh and not isinstance(e, KeyboardInterrupt):  # nothing worth resuming: leave no store behind
+            shutil.rmtree(writer.path, ignore_errors=True)
+        raise
+
+
+def _harvest_into(cfg: CacheConfig, writer: StoreWriter, model: Any, tokenizer: Any, hp: Any, split: str,
+                  shard_contexts: int) -> None:
     lm = cfg.lm
     stream = contexts(tokenizer, lm.corpus, lm.text_column, lm.context_length, split, lm.eval_fraction)  # type: ignore[arg-type]
     stream = itertools.islice(stream, writer.total_contexts, None)  # resume: skip what is stored
@@ -109,11 +147,15 @@ def _fill(cfg: CacheConfig, writer: StoreWriter, model: Any, tokenizer: Any, hp:
                 break
     finally:
         bar.close()
+    least = lm.context_length - 1
+    if split == "train" and writer.total_tokens < least:
+        raise SaekitError(f"the corpus {lm.corpus!r} yields only {writer.total_tokens} tokens for the {split} split, "
+                          f"fewer than one context of {lm.context_length}; use a larger corpus")
     writer.finish()
 
 
 def main(argv: list[str]) -> None:
     argv = ["--with-grads" if a == "--grads" else a for a in argv]  # the short spelling in `saekit --help`
-    cfg = tyro.cli(CacheConfig, args=argv, prog="saekit cache",
+    cfg = cliparse.cli(CacheConfig, args=argv, prog="saekit cache",
                    description="Harvest activations (and, with --with-grads or --grads, LM-loss gradients) into an on-disk store.")
     cache(cfg)

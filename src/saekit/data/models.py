@@ -57,10 +57,65 @@ def resolve_spec(spec: str) -> tuple[str, Path | None]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise SaekitError(f"model folder {spec} has no config.json")
+        if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            raise SaekitError(f"model folder {spec} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
         return "folder", path
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise SaekitError(f"model {spec!r} is neither a model folder, a .gguf file, a Hugging Face id nor {DEFAULT_MODEL!r}")
+    check_hub_reachable(spec, "model")
     return "hub", None
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+_NOT_CAUSAL = ("ForMaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
+               "ForConditionalGeneration", "ForPreTraining", "ForMultipleChoice", "ForNextSentencePrediction")
+_ENCODER_ONLY = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
+                 "camembert", "mpnet", "modernbert", "t5", "bart", "mt5", "longformer", "funnel", "squeezebert"}
+
+
+def check_hub_reachable(name: str, what: str, repo_type: str = "model") -> None:
+    """A name that is no local path is a hub id: fail at once (not after a minute of retries) when it is
+    neither in the local Hugging Face cache nor the hub reachable."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json" if repo_type == "model" else "README.md",
+                                        repo_type=repo_type)
+        if isinstance(cached, str):
+            return
+    except Exception:  # an id the hub library refuses: let the loader say why
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise SaekitError(f"{what} {name!r} is neither a local folder or file nor in the Hugging Face cache "
+                          "(HF_HUB_OFFLINE is set)")
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError:
+        raise SaekitError(f"{what} {name!r} is neither a local folder or file nor reachable: the Hugging Face "
+                          f"hub ({host}) cannot be reached from here") from None
+
+
+def check_causal_lm(source: str, spec: str) -> None:
+    """Refuse a model that is not a causal (decoder-only) LM, e.g. BERT, before loading its weights."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SaekitError(f"could not load model {spec!r}: {first}") from None
+    archs = list(getattr(config, "architectures", None) or [])
+    causal = [a for a in archs if a.endswith(("ForCausalLM", "LMHeadModel"))]
+    encoder = getattr(config, "model_type", "") in _ENCODER_ONLY and not getattr(config, "is_decoder", False)
+    if (archs and not causal and any(a.endswith(_NOT_CAUSAL) or a.endswith("Model") for a in archs)) or \
+            (encoder and not causal) or getattr(config, "is_encoder_decoder", False):
+        kind = ", ".join(archs) or getattr(config, "model_type", "?")
+        raise SaekitError(f"model {spec!r} ({kind}) is not a causal language model; saekit needs a decoder-only "
+                          "LM (next-token prediction)")
 
 
 def gguf_folder(gguf: Path) -> Path:
@@ -100,7 +155,8 @@ def gguf_folder(gguf: Path) -> Path:
     return folder
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32",
+               progress: bool = True) -> tuple[Any, Any]:
     """(model, tokenizer) in eval mode with gradients off for the weights.
 
     ``spec``: a Hugging Face id, a local folder, a .gguf file, or 'smollm2-135m'.
@@ -110,7 +166,14 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "flo
     if dtype not in _DTYPES:
         raise SaekitError(f"unknown dtype {dtype!r}; choose one of {', '.join(sorted(_DTYPES))}")
     kind, path = resolve_spec(spec)
+    if not progress:  # --no-progress silences the loaders' bars too
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        disable_progress_bars()
+        hf_logging.disable_progress_bar()
     source = str(gguf_folder(path)) if kind == "gguf" and path is not None else (str(path) if path else spec)
+    check_causal_lm(source, spec)
     try:
         tok = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[dtype])

@@ -17,6 +17,7 @@ shards at a time are loaded and their rows permuted (``block_batches``, shared w
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,16 @@ class StoreWriter:
         manifest_path = self.path / "manifest.json"
         for leftover in self.path.glob(".shard-*.tmp"):  # a killed run's half-written temporary file
             leftover.unlink(missing_ok=True)
+        if manifest_path.is_file() and not overwrite and _nothing_stored(manifest_path):
+            overwrite = True  # a failed run's empty store must not block the corrected command
         if manifest_path.is_file() and not overwrite:
             old = read_json(manifest_path)
-            if old.get("format") != FORMAT or old.get("meta") != meta or old.get("fp16") != fp16:
+            if not isinstance(old, dict) or old.get("format") != FORMAT:
+                raise SaekitError(f"{manifest_path} is not a saekit activation store manifest; "
+                                  "choose another output folder or pass --overwrite")
+            if old.get("shards"):
+                check_manifest(old, manifest_path)
+            if old.get("meta") != meta or old.get("fp16") != fp16:
                 raise SaekitError(f"{self.path} holds a store written with other settings; "
                                   "choose another output folder or pass --overwrite")
             self.manifest = old
@@ -107,6 +115,14 @@ class StoreWriter:
         atomic_write_json(self.path / "manifest.json", self.manifest)
 
 
+def _nothing_stored(manifest_path: Path) -> bool:
+    try:
+        m = read_json(manifest_path)
+    except SaekitError:
+        return False
+    return isinstance(m, dict) and m.get("format") == FORMAT and not m.get("complete") and m.get("shards") == []
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not (path / "manifest.json").is_file():
@@ -114,9 +130,75 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     m = read_json(path / "manifest.json")
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise SaekitError(f"{path}/manifest.json is not a saekit activation store manifest")
-    if not m.get("complete"):
+    if m.get("complete") is not True:
+        if m.get("complete") is not False:
+            raise SaekitError(f"{path}/manifest.json: 'complete' should be true or false, got {m.get('complete')!r}")
         raise SaekitError(f"activation store {path} is incomplete (interrupted `saekit cache`?); rerun it to finish")
+    check_manifest(m, path / "manifest.json")
     return m
+
+
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+_SHARD = re.compile(r"^shard-\d{5,}\.safetensors$")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_manifest(m: dict[str, Any], where: Path) -> None:
+    """The schema of a complete store's manifest: every field present and typed, totals consistent.
+    A damaged or edited manifest is one SaekitError naming the field."""
+    def bad(what: str) -> SaekitError:
+        return SaekitError(f"{where}: {what} (the manifest is damaged or was edited; rerun `saekit cache --overwrite`)")
+
+    if not _is_int(m.get("version")) or m["version"] > VERSION:
+        raise bad(f"unsupported version {m.get('version')!r}")
+    if not isinstance(m.get("meta"), dict):
+        raise bad("'meta' should be a mapping")
+    if not _is_int(m.get("d_in")) or m["d_in"] <= 0:
+        raise bad(f"'d_in' should be a positive integer, got {m.get('d_in')!r}")
+    for name in ("has_grads", "fp16"):
+        if not isinstance(m.get(name), bool):
+            raise bad(f"{name!r} should be true or false, got {m.get(name)!r}")
+    if m.get("dtype") != ("float16" if m["fp16"] else "float32"):
+        raise bad(f"'dtype' should be {'float16' if m['fp16'] else 'float32'}, got {m.get('dtype')!r}")
+    shards = m.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise bad(f"'shards' should be a non-empty list, got {shards!r}")
+    seen = set()
+    for i, s in enumerate(shards):
+        if not isinstance(s, dict):
+            raise bad(f"shard entry {i} should be a mapping")
+        missing = [k for k in ("file", "tokens", "contexts", "sha256") if k not in s]
+        if missing:
+            raise bad(f"shard entry {i} has no {', '.join(missing)}")
+        if not isinstance(s["file"], str) or not _SHARD.match(s["file"]) or s["file"] in seen:
+            raise bad(f"shard entry {i}: bad or repeated file name {s['file']!r}")
+        seen.add(s["file"])
+        for k in ("tokens", "contexts"):
+            if not _is_int(s[k]) or s[k] < 0:
+                raise bad(f"shard entry {i}: {k!r} should be an integer >= 0, got {s[k]!r}")
+        if not isinstance(s["sha256"], str) or not _SHA.match(s["sha256"]):
+            raise bad(f"shard entry {i}: 'sha256' should be 64 hex digits, got {s['sha256']!r}")
+    for total, key in (("total_tokens", "tokens"), ("total_contexts", "contexts")):
+        if not _is_int(m.get(total)) or m[total] != sum(s[key] for s in shards):
+            raise bad(f"{total!r} is {m.get(total)!r} but the shards hold {sum(s[key] for s in shards)}")
+
+
+def check_shard_sizes(path: Path, m: dict[str, Any]) -> None:
+    """Cheap check at start: every shard is there and large enough for what the manifest says it holds."""
+    width = 2 if m["fp16"] else 4
+    for s in m["shards"]:
+        f = path / s["file"]
+        need = s["tokens"] * m["d_in"] * (width + (4 if m["has_grads"] else 0))
+        try:
+            size = f.stat().st_size
+        except OSError:
+            raise SaekitError(f"activation store {path}: shard {s['file']} is missing") from None
+        if size < need:
+            raise SaekitError(f"activation store {path}: shard {s['file']} has {size} bytes, too few for "
+                              f"{s['tokens']} tokens x d_in={m['d_in']} (truncated?)")
 
 
 def block_batches(load_block: Callable[[int, int], Block | None], batch_size: int, seed: int,
@@ -138,6 +220,9 @@ def block_batches(load_block: Callable[[int, int], Block | None], batch_size: in
         if block is None:
             if first_block == 0 and rows_in_epoch == 0:
                 raise SaekitError(f"{where}: no activations to train on")
+            if first_block == 0 and rows_in_epoch < batch_size:  # would cycle the data within every batch
+                raise SaekitError(f"{where} yields only {rows_in_epoch} tokens, fewer than one batch of {batch_size}; "
+                                  "use more data or a smaller batch_size")
             epoch, b, row, first_block, rows_in_epoch = epoch + 1, 0, 0, 0, 0
             continue
         acts, grads = block
@@ -166,6 +251,7 @@ class StoreSource:
                  expected_d_in: int | None = None) -> None:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
+        check_shard_sizes(self.path, self.manifest)
         self.shards: list[dict[str, Any]] = self.manifest["shards"]
         self.d_in = int(self.manifest["d_in"])
         self.has_grads = bool(self.manifest["has_grads"])
@@ -197,7 +283,10 @@ class StoreSource:
         if acts.shape != (info["tokens"], self.d_in):
             raise SaekitError(f"shard {f} has shape {tuple(acts.shape)}, the manifest says ({info['tokens']}, {self.d_in})")
         check_finite(acts, str(f))
-        return acts, t.get("grads")
+        grads = t.get("grads")
+        if self.has_grads and (grads is None or grads.shape != acts.shape):
+            raise SaekitError(f"shard {f} has no gradients of shape {tuple(acts.shape)}, the manifest says it has")
+        return acts, grads
 
     def _block(self, epoch: int, b: int) -> Block | None:
         order = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(mix_seed(self.seed, 7, epoch)))

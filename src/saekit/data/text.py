@@ -113,6 +113,9 @@ def documents(corpus: str, column: str = "text") -> Iterator[str]:
         elif corpus.startswith((".", "/", "~")) or path.suffix in _SUFFIXES:
             raise SaekitError(f"corpus not found: {corpus}")
         else:
+            from saekit.data.models import check_hub_reachable
+
+            check_hub_reachable(corpus.partition(":")[0], "corpus", repo_type="dataset")
             yield from _hf_documents(corpus, column)
             return
     for f in files:

@@ -48,6 +48,8 @@ class GradientTopKSAE(TopKSAE):
     def needs_gradients(self) -> bool:  # type: ignore[override]
         return self.cfg.beta != 0
 
+    fitted_fields = ("grad_scale",)
+
     @classmethod
     def fit_to_sample(cls, cfg, acts: Tensor, grads: Tensor | None):
         """Fix grad_scale = E‖g‖ in normalised input units (∂L/∂(s·x) = g / s)."""

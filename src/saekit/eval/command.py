@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import tyro
 
-from saekit.config import DataConfig, load_train_config
+from saekit import cliparse
+from saekit.config import DataConfig, check_device, check_numbers, load_train_config
 from saekit.data.factory import make_source
 from saekit.errors import SaekitError
 from saekit.io import atomic_write_json
@@ -37,6 +39,26 @@ class EvalCommand:
     """Contexts per model forward in the splicing evaluation."""
 
 
+def parse_with_run_data(cls: type, argv: list[str], prog: str, description: str) -> Any:
+    """Parse ``saekit eval|features|steer-eval SAE_DIR [--data.* ...]``: the --data.* flags override the data
+    section of the run's config.yaml beside SAE_DIR (no hidden subcommand token). ``cls`` has fields ``sae``
+    and ``data: DataConfig | None``; ``data`` is None when there is neither a config.yaml nor a --data flag."""
+    cli_cls = dataclasses.make_dataclass(f"{cls.__name__}Cli", [("data", DataConfig, field(default_factory=DataConfig))],
+                                         bases=(cls,))
+    cli_cls.__doc__ = cls.__doc__
+    if any(a in ("-h", "--help") for a in argv):
+        return cliparse.cli(cli_cls, args=argv, prog=prog, description=description)
+    first, _ = cliparse.cli(cli_cls, args=argv, prog=prog, description=description, return_unknown_args=True)
+    run_cfg = Path(first.sae).parent / "config.yaml"
+    base = load_train_config(run_cfg).data if run_cfg.is_file() else None
+    given = any(a.startswith("--data.") for a in argv)
+    parsed = cliparse.cli(cli_cls, args=argv, prog=prog, description=description,
+                          default=replace(first, data=base or DataConfig()))
+    values = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(cls)}
+    values["data"] = parsed.data if (base is not None or given) else None
+    return cls(**values)
+
+
 def resolve_data(sae_dir: Path, data: DataConfig | None) -> DataConfig:
     if data is not None:
         return data
@@ -51,7 +73,9 @@ def main(argv: list[str]) -> None:
     from saekit.eval.splice import clean_json, lm_settings, splice_saes
     from saekit.sae import load
 
-    cmd = tyro.cli(EvalCommand, args=argv, prog="saekit eval", description="Evaluate a saved SAE.")
+    cmd = parse_with_run_data(EvalCommand, argv, "saekit eval", "Evaluate a saved SAE.")
+    check_numbers(cmd, "")
+    check_device(cmd.device)
     if min(cmd.tokens, cmd.batch_size, cmd.splice_contexts, cmd.splice_batch_contexts) <= 0:
         raise SaekitError("--tokens, --batch-size, --splice-contexts and --splice-batch-contexts must be positive")
     sae = load(cmd.sae, cmd.device)
@@ -77,7 +101,14 @@ def main(argv: list[str]) -> None:
     if results:
         print(format_table([{"metric": k, "value": v} for k, v in results.items()]))
     payload = {"sae": str(cmd.sae), "architecture": sae.cfg.architecture, **results}
-    lm = lm_settings(data) if cmd.splice else None
+    lm = None
+    if cmd.splice:
+        try:
+            lm = lm_settings(data)
+        except SaekitError as e:  # a store without LM metadata: the reconstruction metrics still stand
+            if data.source != "store" or source is None:
+                raise
+            print(f"note: no splicing ({e})")
     if lm is not None:
         spliced = splice_saes(lm, {"sae": sae}, cmd.splice_contexts, cmd.splice_batch_contexts,
                               model=getattr(source, "model", None), tokenizer=getattr(source, "tokenizer", None))["sae"]

@@ -24,10 +24,12 @@ import torch
 import tyro
 from torch import Tensor, nn
 
+from saekit import cliparse
 from saekit.config import DataConfig
 from saekit.data.hookpoints import Hookpoint, run_captured
 from saekit.data.text import Context, collated_batches
 from saekit.errors import SaekitError
+from saekit.lock import check_output_folder, output_lock
 
 
 @dataclass
@@ -231,9 +233,15 @@ def main(argv: list[str]) -> None:
     from saekit.report.table import format_table
     from saekit.sae import load
 
-    cfg = tyro.cli(FeaturesCommand, args=argv, prog="saekit features",
-                   description="What each latent responds to: statistics, top-activating contexts, logit effects; "
+    from saekit.eval.command import parse_with_run_data
+
+    cfg = parse_with_run_data(FeaturesCommand, argv, "saekit features",
+                   "What each latent responds to: statistics, top-activating contexts, logit effects; "
                                "JSON and an HTML dashboard.")
+    from saekit.config import check_device, check_numbers
+
+    check_numbers(cfg, "")
+    check_device(cfg.device)
     if min(cfg.n_contexts, cfg.batch_contexts, cfg.n_show, cfg.n_examples, cfg.n_logits) <= 0 or cfg.window < 0:
         raise SaekitError("--n-contexts, --batch-contexts, --n-show, --n-examples, --n-logits must be positive "
                           "and --window >= 0")
@@ -242,7 +250,9 @@ def main(argv: list[str]) -> None:
     lm = lm_settings(resolve_data(cfg.sae, cfg.data))
     if lm is None:
         raise SaekitError("features needs an SAE trained on language-model data (source lm or store)")
-    model, tokenizer = load_model(lm.model, device=cfg.device, dtype=lm.dtype)
-    report, out = write_features(sae, lm, model, tokenizer, cfg)
+    out = check_output_folder(cfg.out or cfg.sae.parent / "features")  # before ~20 s of model loading
+    with output_lock(out, "saekit features"):
+        model, tokenizer = load_model(lm.model, device=cfg.device, dtype=lm.dtype)
+        report, out = write_features(sae, lm, model, tokenizer, cfg)
     print(format_table([{"metric": k, "value": v} for k, v in report["summary"].items()]))
     print(f"wrote {out / 'index.html'} ({len(report['latents'])} latents) and {out / 'features.json'}")

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import tyro
 from torch import Tensor, nn
 
+from saekit import cliparse
 from saekit.config import DataConfig
 from saekit.data.hookpoints import Hookpoint, capture, edited
 from saekit.data.text import Context, collated_batches
@@ -215,8 +216,14 @@ def main(argv: list[str]) -> None:
     from saekit.report.table import format_table
     from saekit.sae import load
 
-    cfg = tyro.cli(SteerCommand, args=argv, prog="saekit steer-eval",
-                   description="Steer a language model with a sample of an SAE's latents; effect on target tokens vs KL.")
+    from saekit.eval.command import parse_with_run_data
+
+    cfg = parse_with_run_data(SteerCommand, argv, "saekit steer-eval",
+                   "Steer a language model with a sample of an SAE's latents; effect on target tokens vs KL.")
+    from saekit.config import check_device, check_numbers
+
+    check_numbers(cfg, "")
+    check_device(cfg.device)
     if min(cfg.n_latents, cfg.pool, cfg.batch_contexts) <= 0:
         raise SaekitError("--n-latents, --pool and --batch-contexts must be positive")
     sae = load(cfg.sae, cfg.device)

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 import tyro
 
+from saekit import cliparse
+from saekit.lock import output_lock
 from saekit.reproduce import REPRODUCTIONS
 from saekit.reproduce.common import Run
 
@@ -39,10 +41,11 @@ def _description() -> str:
 
 
 def main(argv: list[str]) -> None:
-    cmd = tyro.cli(ReproduceCommand, args=argv, prog="saekit reproduce", description=_description())
+    cmd = cliparse.cli(ReproduceCommand, args=argv, prog="saekit reproduce", description=_description())
     module = importlib.import_module(f"saekit.reproduce.{REPRODUCTIONS[cmd.name][1]}")
     work = Path(cmd.work or f"runs/reproduce/{cmd.name}-{cmd.scale}")
     out = Path(cmd.out or (work / "results" if cmd.scale == "smoke" else f"results/{cmd.name}"))
     command = shlex.join(["saekit", "reproduce", *argv])
     run = Run(name=cmd.name, scale=cmd.scale, out=out, work=work, command=command)
-    module.reproduce(module.SCALES[cmd.scale], run)
+    with output_lock(work, f"saekit reproduce {cmd.name}"), output_lock(out, f"saekit reproduce {cmd.name}"):
+        module.reproduce(module.SCALES[cmd.scale], run)

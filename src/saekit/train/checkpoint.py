@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from saekit.errors import SaekitError
-from saekit.io import atomic_save_tensors, atomic_write_json, atomic_write_text, load_tensors, read_json, replace_dir
+from saekit.io import (atomic_save_tensors, atomic_write_json, atomic_write_text, check_finite_tensors, file_sha256,
+                       load_tensors, read_json, replace_dir, verify_sha256)
 from saekit.sae import SparseAutoencoder, load
 
 
@@ -55,6 +56,7 @@ def save_checkpoint(run_dir: Path, sae: SparseAutoencoder, optimizer: torch.opti
         extra["adam_row_ages"] = state.adam_row_ages
     atomic_save_tensors(tmp / "trainer.safetensors", extra)
     atomic_write_json(tmp / "trainer.json", {
+        "sha256": {name: file_sha256(tmp / name) for name in CHECKSUMMED},
         "step": state.step,
         "position": state.position,
         "last_resample_step": state.last_resample_step,
@@ -66,6 +68,9 @@ def save_checkpoint(run_dir: Path, sae: SparseAutoencoder, optimizer: torch.opti
     for old in sorted(p for p in root.glob("step-*") if p.name != name)[: max(0, _count(root) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return root / name
+
+
+CHECKSUMMED = ("optimizer.safetensors", "trainer.safetensors")  # the SAE's own weights: cfg.json
 
 
 def _count(root: Path) -> int:
@@ -86,8 +91,17 @@ def load_checkpoint(path: Path, optimizer_factory) -> tuple[SparseAutoencoder, t
     """Rebuild SAE, optimiser (with its moments) and trainer state from a checkpoint folder."""
     sae = load(path)
     meta = read_json(path / "trainer.json")
+    if not isinstance(meta, dict):
+        raise SaekitError(f"checkpoint {path}: trainer.json is not a mapping")
+    sums = meta.get("sha256")
+    if sums is not None:  # checkpoints written before checksums were recorded have none to verify
+        if not isinstance(sums, dict):
+            raise SaekitError(f"checkpoint {path}: trainer.json's sha256 is not a mapping")
+        for name in CHECKSUMMED:
+            verify_sha256(path / name, sums.get(name), f"{path / 'trainer.json'}")
     optimizer = optimizer_factory(sae)
     saved = load_tensors(path / "optimizer.safetensors")
+    check_finite_tensors(saved, str(path / "optimizer.safetensors"))
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in saved.items():
         index, name = key.split(".", 1)
@@ -99,6 +113,6 @@ def load_checkpoint(path: Path, optimizer_factory) -> tuple[SparseAutoencoder, t
                              last_resample_step=meta["last_resample_step"],
                              tokens_since_fired=extra["tokens_since_fired"], rng_state=extra["rng_state"],
                              resampled=int(meta.get("resampled", 0)), adam_row_ages=extra.get("adam_row_ages"))
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise SaekitError(f"checkpoint {path} is incomplete or inconsistent: {e}") from None
     return sae, optimizer, state

@@ -8,8 +8,9 @@ from typing import Annotated
 
 import tyro
 
+from saekit import cliparse
 from saekit import distributed
-from saekit.config import TrainConfig, load_train_config
+from saekit.config import TrainConfig, check_settings_used, load_train_config
 
 
 @dataclass
@@ -24,22 +25,25 @@ class TrainCommand:
 
 def parse(argv: list[str]) -> TrainCommand:
     """Two passes: find --config, load it as the defaults, then parse every flag against it."""
-    first, _ = tyro.cli(TrainCommand, args=[a for a in argv if a not in ("-h", "--help")],
+    first, _ = cliparse.cli(TrainCommand, args=[a for a in argv if a not in ("-h", "--help")],
                         return_unknown_args=True, prog="saekit train")
     base = load_train_config(first.config) if first.config is not None else TrainConfig()
-    return tyro.cli(TrainCommand, args=argv, default=TrainCommand(cfg=base, config=first.config),
+    return cliparse.cli(TrainCommand, args=argv, default=TrainCommand(cfg=base, config=first.config),
                     prog="saekit train", description="Train a sparse autoencoder.")
 
 
 def main(argv: list[str]) -> None:
-    from saekit.train.trainer import Trainer
+    from saekit.train.trainer import Trainer, run_lock
 
     cmd = parse(argv)
-    trainer = Trainer(cmd.cfg, resume=cmd.resume)
-    try:
-        sae = trainer.run()
-    finally:
-        distributed.shutdown()
+    cmd.cfg.validate()
+    check_settings_used(cmd.cfg)  # a flag the architecture or data source would silently ignore
+    with run_lock(cmd.cfg.out_dir):  # rank 0 only, before the process group exists: no rank waits on it
+        trainer = Trainer(cmd.cfg, resume=cmd.resume)
+        try:
+            sae = trainer.run()
+        finally:
+            distributed.shutdown()
     if trainer.cluster.is_main:
         where = f" ({trainer.cluster.world} processes)" if trainer.cluster.world > 1 else ""
         print(f"saved {sae.cfg.architecture} SAE ({sae.cfg.n_latents} latents, d_in={sae.cfg.d_in}) "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,12 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from saekit import distributed
-from saekit.config import TrainConfig, dump_yaml
+from saekit.config import TrainConfig, dump_yaml, load_train_config, resume_differences
 from saekit.data.factory import make_source
 from saekit.data.source import ActivationSource, check_finite
 from saekit.errors import SaekitError
 from saekit.eval import metrics
-from saekit.io import atomic_write_text
+from saekit.io import atomic_write_text, disk_errors, remove_temporaries
+from saekit.lock import holds, output_lock
 from saekit.rng import stream_seed
 from saekit.sae import SparseAutoencoder, architecture_class, build_sae
 from saekit.train.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -46,7 +48,8 @@ def initialise(cfg: TrainConfig, source: ActivationSource) -> SparseAutoencoder:
     sae_cfg = cfg.sae.resolved(source.d_in)
     if cfg.normalize_activations:
         sae_cfg = replace(sae_cfg, input_scale=input_scale(sample))
-    grads = next(source.batches(cfg.init_samples))[0].grads if source.has_grads else None
+    # as many rows as the sample holds (a store smaller than init_samples is sampled whole, not cycled)
+    grads = next(source.batches(sample.shape[0]))[0].grads if source.has_grads else None
     sae_cfg = architecture_class(sae_cfg.architecture).fit_to_sample(sae_cfg, sample, grads)
     sae = build_sae(sae_cfg, seed=cfg.seed)
     scaled = sample * sae_cfg.input_scale
@@ -68,7 +71,7 @@ def train_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torc
     ``fresh_rows`` gives resampled latents their own Adam step counts."""
     out = (loss_fn or sae.loss)(x, sparsity_scale=sparsity_scale, dead_mask=dead_mask, grad=grads)
     if not torch.isfinite(out.loss):
-        raise SaekitError(f"loss became {out.loss.item()} at step {step}; try a lower lr")
+        raise SaekitError(f"loss became {out.loss.item()} at step {step}: training diverged; try a lower lr")
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     unit_norm = sae.keeps_unit_norm()
@@ -106,14 +109,27 @@ class Trainer:
         if cfg.batch_size % self.cluster.world:
             raise SaekitError(f"batch_size={cfg.batch_size} must be divisible by the number of processes "
                               f"({self.cluster.world})")
+        if cfg.data.store:  # a relative path would work only from this working directory
+            cfg = replace(cfg, data=replace(cfg.data, store=str(Path(cfg.data.store).resolve())))
         self.cfg = cfg
         self.device = self.cluster.device if self.cluster.world > 1 else cfg.device
         self.out = Path(cfg.out_dir)
         self.source = source if source is not None else make_source(cfg.data, "train")
-        ckpt = latest_checkpoint(self.out)
+        total = getattr(self.source, "total_tokens", None)
+        if isinstance(total, int) and total < cfg.batch_size:
+            raise SaekitError(f"the training data holds only {total} tokens, fewer than one batch of "
+                              f"{cfg.batch_size}; use more data or a smaller batch_size")
         main = self.cluster.is_main
+        if main and holds(self.out):  # safe only while no other writer can be at work here
+            remove_temporaries(self.out)
+        ckpt = latest_checkpoint(self.out)
         if resume and ckpt is not None:
             self.sae, self.optimizer, state = load_checkpoint(ckpt, lambda s: make_optimizer(s, cfg))
+            diffs = resume_differences(self.sae.cfg, self._saved_data(), cfg)
+            if diffs:
+                raise SaekitError(f"--resume asks for settings that differ from the run in {self.out}: "
+                                  f"{'; '.join(diffs)}; resume with --config {self.out / 'config.yaml'} "
+                                  "(flags may change steps and schedules) or choose another out_dir")
             self.sae.to(self.device)
             if self.sae.cfg.d_in != self.source.d_in:
                 raise SaekitError(f"checkpoint d_in={self.sae.cfg.d_in} does not match the data's {self.source.d_in}")
@@ -139,13 +155,29 @@ class Trainer:
             if main:
                 self.out.mkdir(parents=True, exist_ok=True)
                 (self.out / "metrics.jsonl").unlink(missing_ok=True)
-        if main:
-            atomic_write_text(self.out / "config.yaml", dump_yaml(replace(cfg, sae=self.sae.cfg)))
+        if main:  # the data-fitted values stay out, so the file can be given to `saekit train --config` again
+            fitted = {"input_scale": cfg.sae.input_scale} if cfg.normalize_activations else {}
+            fitted.update({n: getattr(cfg.sae, n) for n in architecture_class(self.sae.cfg.architecture).fitted_fields})
+            atomic_write_text(self.out / "config.yaml", dump_yaml(replace(cfg, sae=replace(self.sae.cfg, **fitted))))
         self.cluster.barrier()  # every rank has looked for checkpoints before rank 0 writes any
         self.loss_fn = self.cluster.wrap(self.sae)
 
+    def _saved_data(self):
+        """The data section of the run's config.yaml (None when there is none to compare with)."""
+        path = self.out / "config.yaml"
+        if not path.is_file():
+            return None
+        data = load_train_config(path).data
+        if data.store:
+            data = replace(data, store=str(Path(data.store).resolve()))
+        return data
+
     # ------------------------------------------------------------------------------------
     def run(self) -> SparseAutoencoder:
+        with disk_errors(self.out):  # a full disk: one line naming the folder, not a traceback
+            return self._run()
+
+    def _run(self) -> SparseAutoencoder:
         cfg, sae, main = self.cfg, self.sae, self.cluster.is_main
         arch = architecture_class(sae.cfg.architecture)
         stream = self.source.batches(cfg.batch_size, self.position)
@@ -245,10 +277,20 @@ class Trainer:
                 if json.loads(line)["step"] <= step:
                     kept.append(line)
             except (json.JSONDecodeError, KeyError, TypeError):
-                break  # a line cut by the kill: everything after it is stale too
+                continue  # a line cut by a kill (or damaged): drop it, keep the valid rows
         atomic_write_text(path, "".join(k + "\n" for k in kept))
 
 
+def run_lock(out_dir: str | Path) -> contextlib.AbstractContextManager:
+    """The output folder's lock, taken by rank 0 alone (ranks are read from torchrun's environment, so
+    no collective is involved and the other ranks never wait on it)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return output_lock(out_dir, "saekit train")
+
+
 def train(cfg: TrainConfig, source: ActivationSource | None = None, resume: bool = False) -> SparseAutoencoder:
-    """Train (or resume) a run and return the final SAE (also saved to ``cfg.out_dir/sae``)."""
-    return Trainer(cfg, source, resume).run()
+    """Train (or resume) a run and return the final SAE (also saved to ``cfg.out_dir/sae``); the run's
+    folder is locked against a second writer meanwhile."""
+    with run_lock(cfg.out_dir):
+        return Trainer(cfg, source, resume).run()

@@ -1,0 +1,93 @@
+"""Disk full, resume's metrics log, paths saved absolute, file permissions, verify on sound data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+
+import pytest
+import torch
+
+from saekit.cli import main
+from saekit.config import DataConfig, SAEConfig, SyntheticConfig, TrainConfig, load_train_config
+from saekit.train.trainer import train
+
+
+def _cfg(out, **kw) -> TrainConfig:
+    base = dict(sae=SAEConfig(architecture="relu", n_latents=16), steps=10, batch_size=32, progress=False,
+                data=DataConfig(synthetic=SyntheticConfig(n_features=8, d=4, k=2)), log_every=1, ckpt_every=5,
+                out_dir=str(out))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / f"small-{uuid.uuid4().hex[:6]}"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_disk_full_is_one_clear_error_naming_the_folder(small_tmpfs, capsys):
+    out = small_tmpfs / "run"
+    with pytest.raises(SystemExit) as e:  # 4096 latents x 32: ~1 MiB of weights into 256 KiB
+        main(["train", "--sae.architecture", "relu", "--sae.n-latents", "4096", "--data.synthetic.n-features", "64",
+              "--data.synthetic.d", "32", "--steps", "2", "--batch-size", "32", "--no-progress", "--out-dir", str(out)])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("saekit: error:")]
+    assert e.value.code == 2 and "Traceback" not in err and len(lines) == 1, err
+    assert "no space left" in lines[0] and str(small_tmpfs) in lines[0] and "needed" in lines[0], lines[0]
+    assert not list(small_tmpfs.rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_resume_drops_only_the_damaged_metrics_line(tmp_path):
+    train(_cfg(tmp_path / "r"))
+    log = tmp_path / "r" / "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([*lines[:3], '{"step": 4, "lo', *lines[3:]]) + "\n")
+    train(_cfg(tmp_path / "r", steps=12), resume=True)
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, 13))
+
+
+def test_relative_store_path_is_saved_absolute_and_verify_passes_a_sound_store(tmp_path, monkeypatch, capsys):
+    from saekit.data.store import StoreWriter
+
+    w = StoreWriter(tmp_path / "store" / "train", {"split": "train"})
+    w.write_shard(torch.randn(64, 4), None, 4)
+    w.finish()
+    monkeypatch.chdir(tmp_path)
+    train(_cfg(tmp_path / "r", data=DataConfig(source="store", store="store"), steps=2, ckpt_every=0))
+    saved = load_train_config(tmp_path / "r" / "config.yaml")
+    assert saved.data.store == str((tmp_path / "store").resolve())
+    main(["verify", str(tmp_path / "store")])
+    main(["verify", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert "ok: store" in out and "ok: SAE" in out and "ok: checkpoint" in out
+
+
+def test_saved_weights_have_ordinary_permissions(tmp_path):
+    from saekit.sae import build_sae
+
+    build_sae(SAEConfig(architecture="relu", d_in=4, n_latents=8)).save(tmp_path / "s")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "s" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_config_yaml_can_be_trained_again(tmp_path):
+    """The saved config keeps the given (not the fitted) input_scale, so it passes the unused-settings check."""
+    from saekit.config import check_settings_used
+
+    train(_cfg(tmp_path / "r", steps=2, ckpt_every=0))
+    check_settings_used(load_train_config(tmp_path / "r" / "config.yaml"))
