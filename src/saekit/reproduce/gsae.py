@@ -222,7 +222,7 @@ def gradient_units(store: Path, init_samples: int) -> dict[str, float]:
         raise SaekitError(f"the store {store} has no gradients: g-SAEs need a store harvested with lm.with_grads")
     sample = source.sample(init_samples)
     s = input_scale(sample)
-    grads = next(source.batches(init_samples))[0].grads
+    grads = next(source.batches(sample.shape[0]))[0].grads  # as the trainer's initialise takes them
     probe = replace(SAEConfig(architecture="gradient_topk", beta=1.0), input_scale=s)
     g = architecture_class("gradient_topk").fit_to_sample(probe, sample, grads).grad_scale
     return {"input_scale": s, "grad_scale": g, "mean_grad_norm": s * g,
