@@ -82,5 +82,6 @@ def gradient_aware(base: type, name: str, params_name: str | None = None) -> typ
     params = dataclasses.dataclass(type(params_name or f"Gradient{base.Params.__name__}", (base.Params, GradientParams),
                                         {"__doc__": f"{base.Params.__doc__ or ''} plus gradient-aware selection."}))
     doc = f"{base.__doc__ or base.__name__}\n\nGradient-aware: the selection ranks z (1 + β |W_dec ĝ|) (saekit.gradient_selection)."
-    return type(f"Gradient{base.__name__}", (GradientAware, base), {"architecture": name, "Params": params,
+    summary = f"{base.architecture} whose selection ranks z·(1 + β|W_dec ĝ|), ĝ the LM gradient (g-SAE, Olmo et al. 2024)"
+    return type(f"Gradient{base.__name__}", (GradientAware, base), {"architecture": name, "Params": params, "summary": summary,
                                                                  "__doc__": doc, "__module__": base.__module__})

@@ -166,8 +166,8 @@ class BatchTopK(Selection):
         flat = scores.reshape(-1)
         if flat.numel() >= self.n_keep:
             self.bound = max(self.bound, flat.kthvalue(flat.numel() - self.n_keep + 1).values.item())
-        i, j = torch.nonzero(scores > self.bound).unbind(1) if self.bound > 0 else \
-            torch.nonzero(scores > 0).unbind(1)
+        # >= : the n_keep-th largest itself may be kept
+        i, j = torch.nonzero(scores >= self.bound if self.bound > 0 else scores > 0).unbind(1)
         self.parts.append((i + rows.start, j, z[i, j], scores[i, j]))
 
     @torch.no_grad()

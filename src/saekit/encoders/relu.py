@@ -58,6 +58,7 @@ class ReluParams(L1Params):
 @register
 class ReluSAE(LinearEncoderMixin, SparseAutoencoder):
     architecture = "relu"
+    summary = "standard SAE, ReLU codes, decoder-norm-weighted L1 (Bricken et al. 2023)"
     Params = ReluParams
     uses_sparsity_penalty = True
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from saekit import kernels, losses
 from saekit.errors import SaekitError
 from saekit.sae import LossOutput, register
-from saekit.statement import AuxKMixin, RowTopK, Selected, Selection, StatedSAE
+from saekit.statement import Active, AuxKMixin, RowTopK, Selected, Selection, StatedSAE
 
 
 @dataclass
@@ -46,11 +46,19 @@ class TopKFamily(AuxKMixin, StatedSAE):
     def objective(self, x: Tensor, sel: Selected, sparsity_scale: float, dead_mask: Tensor | None) -> LossOutput:
         a = sel.main
         f = a.selected(a.z.relu())
+        loss, terms, x_hat = self.reconstruction(x, a, f)
+        loss = self.with_auxk(loss, terms, x, x_hat, sel, dead_mask)
+        self.observe(a, f)
+        return LossOutput(loss, terms, a.codes(f), x_hat)
+
+    def reconstruction(self, x: Tensor, a: Active, f: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """(reconstruction loss, its terms, x̂): NMSE of the whole dictionary's reconstruction."""
         x_hat = a.decode(f, self.dictionary.W_dec) + self.dictionary.b_dec
         nmse = losses.normalized_mse(x, x_hat)
-        terms = {"nmse": nmse}
-        loss = self.with_auxk(nmse, terms, x, x_hat, sel, dead_mask)
-        return LossOutput(loss, terms, a.codes(f), x_hat)
+        return nmse, {"nmse": nmse}, x_hat
+
+    def observe(self, a: Active, f: Tensor) -> None:
+        """Look at a training batch's codes (BatchTopK estimates its inference threshold here)."""
 
     def dead_mask(self, tokens_since_fired: Tensor) -> Tensor:
         return tokens_since_fired >= self.cfg.dead_tokens
@@ -59,6 +67,7 @@ class TopKFamily(AuxKMixin, StatedSAE):
 @register
 class TopKSAE(TopKFamily):
     architecture = "topk"
+    summary = "TopK SAE: each token keeps its k largest pre-activations; NMSE + AuxK (Gao et al. 2024)"
     Params = TopKParams
 
     def selection(self, n_rows: int, like: Tensor) -> Selection:
