@@ -233,8 +233,34 @@ def execute(module: torch.nn.Module, x: Tensor, weight: Tensor, bias: Tensor, b_
 
 
 # ---- the linear-encoder architectures that state their loss this way -----------------------------
-from saekit.encoders.relu import LinearEncoderMixin  # noqa: E402  (after the kernels it builds on)
-from saekit.sae import LossOutput, SparseAutoencoder  # noqa: E402
+from saekit.sae import LossOutput, SparseAutoencoder  # noqa: E402  (after the kernels it builds on)
+from torch import nn  # noqa: E402
+
+
+class LinearEncoderMixin:
+    """An affine encoder W_enc [n_latents, d_in], b_enc [n_latents] applied to x − b_dec."""
+
+    W_enc: nn.Parameter
+    b_enc: nn.Parameter
+
+    def _init_linear_encoder(self, n_latents: int, d_in: int) -> None:
+        self.W_enc = nn.Parameter(torch.zeros(n_latents, d_in))
+        self.b_enc = nn.Parameter(torch.zeros(n_latents))
+
+    def pre_activations(self, x: Tensor) -> Tensor:
+        return (x - self.dictionary.b_dec) @ self.W_enc.T + self.b_enc  # type: ignore[attr-defined]
+
+    def encoder_weight(self) -> Tensor:
+        return self.W_enc
+
+    @torch.no_grad()
+    def reinit_latents(self, idx: Tensor, directions: Tensor, encoder_norm: float) -> None:
+        self.dictionary.W_dec[idx] = directions  # type: ignore[attr-defined]
+        self.W_enc[idx] = directions * encoder_norm
+        self.b_enc[idx] = 0.0
+
+    def latent_parameters(self) -> list[tuple[nn.Parameter, int]]:
+        return [(self.W_enc, 0), (self.b_enc, 0), (self.dictionary.W_dec, 0)]  # type: ignore[attr-defined]
 
 
 
