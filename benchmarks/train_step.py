@@ -231,7 +231,7 @@ def main() -> None:
         mm = med(ref["matmuls"])
         for arch in archs:
             floor = med(ref["enc_fwd"]) + med(ref[f"adam_{arch}"])
-            sparsities = args.sparsities.split(",") if arch in ("relu", "gated") else ["-"]
+            sparsities = args.sparsities.split(",") if arch in ("relu", "gated", "jumprelu") else ["-"]
             jobs = [("saekit", mode, s) for s in sparsities for mode in args.kernels.split(",")
                     if not (mode == "dense" and s == "early")]  # early codes are dense: auto takes dense
             if args.peers and arch in ("relu", "gated", "topk"):

@@ -69,6 +69,51 @@ def test_every_registered_architecture_matches() -> None:
         _compare(arch, x)
 
 
+def _arch_kwargs(arch: str, gen: torch.Generator) -> dict:
+    """k small enough that selections bind, a dead-latent mask for AuxK, LM gradients where used."""
+    from saekit.sae import architecture_class, params_fields
+
+    fields = params_fields(architecture_class(arch))
+    kw: dict = {"cfg": {}}
+    if "k" in fields:
+        kw["cfg"]["k"] = 5
+        dead = torch.zeros(M, dtype=torch.bool)
+        dead[2::5] = True
+        kw["dead_mask"] = dead
+        kw["cfg"]["k_aux"] = 6
+    if "beta" in fields:
+        kw["grad"] = torch.randn(B, D, generator=gen)
+    if "group_sizes" in fields:
+        kw["cfg"]["group_sizes"] = (10, 20, 66)
+    return kw
+
+
+@pytest.mark.parametrize("arch", available_architectures())
+def test_every_architecture_matches_with_binding_selection_auxk_and_gradients(arch: str) -> None:
+    """Every registered architecture (gradient-aware variants with gradients): the sparse kernels give
+    the dense loss, terms, codes, reconstruction and every parameter gradient, in one chunk and in 11."""
+    gen = torch.Generator().manual_seed(17)
+    x = torch.randn(B, D, generator=gen) * 1.5
+    kw = _arch_kwargs(arch, gen)
+    _compare(arch, x, **{**kw, "cfg": dict(kw["cfg"])})
+    old = kernels.CHUNK_ELEMENTS
+    try:
+        kernels.CHUNK_ELEMENTS = 6 * M
+        _compare(arch, x, **{**kw, "cfg": dict(kw["cfg"])})
+    finally:
+        kernels.CHUNK_ELEMENTS = old
+
+
+def test_jumprelu_sparse_path_carries_the_threshold_gradient() -> None:
+    """Entries just below θ (inside the kernel) are on the sparse path: log θ gets the same gradient."""
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(18))
+    dense = _sae("jumprelu", "dense", bandwidth=0.5)
+    _, g = _run(dense, x)
+    assert torch.count_nonzero(g["log_threshold"]) > M // 4
+    _compare("jumprelu", x, cfg={"bandwidth": 0.5})
+    _compare("jumprelu", x, cfg={"bandwidth": 0.5, "sparsity_loss": "tanh"})
+
+
 def test_topk_auxk_matches_dense() -> None:
     x = torch.randn(B, D, generator=torch.Generator().manual_seed(5))
     dead = torch.zeros(M, dtype=torch.bool)
@@ -164,11 +209,11 @@ def test_many_chunks_match_dense(arch: str, monkeypatch) -> None:
 
 def test_sparse_step_holds_no_batch_sized_buffer(monkeypatch) -> None:
     monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", 8 * M)
-    for arch in ("relu", "gated", "topk", "gradient_topk"):
+    for arch in available_architectures():
         sae = _sae(arch, "sparse")
         gen = torch.Generator().manual_seed(13)
         x, g = torch.randn(B, D, generator=gen), torch.randn(B, D, generator=gen)
-        out = sae.loss(x, grad=g if arch == "gradient_topk" else None)
+        out = sae.loss(x, grad=g if arch.startswith("gradient_") else None)
         out.loss.backward()
         assert isinstance(out._codes, kernels.SparseCodes), arch
         scratch = sae.__dict__["_kernel_scratch"]

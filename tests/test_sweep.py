@@ -65,6 +65,16 @@ def test_identical_inputs_give_identical_results(tmp_path):
     assert a == b
 
 
+def test_sweep_accepts_the_new_architectures(tmp_path):
+    out = tmp_path / "sweep"
+    main(["sweep", *SMALL, "--architectures", "jumprelu", "batchtopk", "matryoshka", "--l0-coeffs", "0.5",
+          "--ks", "3", "--widths", "24", "--sweep-dir", str(out)])
+    rows = read_csv(out / "results.csv")
+    assert [(r["architecture"], r["sparsity_param"], r["status"]) for r in rows] == [
+        ("jumprelu", "l0_coeff", "ok"), ("batchtopk", "k", "ok"), ("matryoshka", "k", "ok")]
+    assert all(0 < float(r["l0"]) <= 24 for r in rows)
+
+
 def test_grid_and_config_file(tmp_path):
     cfg = tmp_path / "base.yaml"
     cfg.write_text("steps: 7\nsae:\n  architecture: relu\n  n_latents: 12\n")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import dacite
+import tyro
 import yaml
 
 from saekit.errors import SaekitError
@@ -50,9 +52,22 @@ def _merge_params() -> type:
     return type("SAEConfigBase", (*reversed(leaves), CommonSAEFields), {})
 
 
+def architecture_help() -> str:
+    """The help of sae.architecture: every registered architecture, what it is and its own fields."""
+    common = {f.name for f in dataclasses.fields(CommonSAEFields)}
+    lines = []
+    for name, cls in sorted(architectures().items()):
+        summary = cls.summary or (sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0].rstrip(".")
+        own = [f.name for f in dataclasses.fields(cls.Params) if f.name not in common]
+        lines.append(f"{name}: {summary} [fields: {', '.join(own) or 'none'}]")
+    return "Architecture, one of the registered ones -- " + "; ".join(lines) + "."
+
+
 @dataclass
 class SAEConfig(_merge_params()):  # type: ignore[misc]
     """Hyperparameters of one SAE: the common fields and every architecture's own."""
+
+    architecture: Annotated[str, tyro.conf.arg(help=architecture_help(), metavar="{" + ",".join(sorted(architectures())) + "}")] = "topk"  # type: ignore[assignment]
 
     def arch_fields(self) -> list[str]:
         common = [f.name for f in dataclasses.fields(CommonSAEFields)]

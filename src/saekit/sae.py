@@ -78,6 +78,8 @@ class SparseAutoencoder(nn.Module):
     """
 
     architecture: ClassVar[str]
+    summary: ClassVar[str] = ""
+    """One line for `saekit train --help`: what the architecture is."""
     Params: ClassVar[type] = NoParams
     adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
     uses_sparsity_penalty: ClassVar[bool] = False  # L1-trained: λ warm-up and resampling apply

@@ -42,11 +42,15 @@ class SweepCommand:
     config: Path | None = None
     """YAML or JSON file with the base training settings; flags override it."""
     architectures: tuple[str, ...] = ("relu", "gated", "topk")
-    """Architectures in the grid."""
+    """Architectures in the grid: any registered ones (relu, gated, topk, gradient_topk, jumprelu,
+    batchtopk, matryoshka, gradient_batchtopk, gradient_matryoshka)."""
     l1_coeffs: tuple[float, ...] = (1.0, 3.0, 10.0)
     """λ values for the L1-trained architectures (relu, gated); empty: the base sae.l1_coeff."""
+    l0_coeffs: tuple[float, ...] = (0.3, 1.0, 3.0)
+    """λ values for the L0-trained architectures (jumprelu); empty: the base sae.l0_coeff."""
     ks: tuple[int, ...] = (8, 16, 32)
-    """k values for the TopK-style architectures; empty: the base sae.k."""
+    """k values for the TopK-style architectures (topk, batchtopk, matryoshka and their gradient-aware
+    variants); empty: the base sae.k."""
     widths: tuple[int, ...] = ()
     """n_latents values; empty: the base sae.n_latents (or expansion_factor × d_in)."""
     sweep_dir: str = "runs/sweep"
@@ -74,23 +78,23 @@ class Point:
 
 
 def sparsity_param(architecture: str) -> str:
-    """The field that sets an architecture's sparsity: l1_coeff or k."""
+    """The field that sets an architecture's sparsity: l1_coeff, l0_coeff or k."""
     from saekit.sae import architecture_class, params_fields
 
     fields = params_fields(architecture_class(architecture))
-    for name in ("l1_coeff", "k"):
+    for name in ("l1_coeff", "l0_coeff", "k"):
         if name in fields:
             return name
-    raise SaekitError(f"architecture {architecture!r} has neither l1_coeff nor k to sweep")
+    raise SaekitError(f"architecture {architecture!r} has no l1_coeff, l0_coeff or k to sweep")
 
 
 def grid(base: TrainConfig, architectures: tuple[str, ...], l1_coeffs: tuple[float, ...], ks: tuple[int, ...],
-         widths: tuple[int, ...]) -> list[Point]:
+         widths: tuple[int, ...], l0_coeffs: tuple[float, ...] = ()) -> list[Point]:
     """Every (architecture, λ or k, width) combination, in the order given."""
     points = []
     for arch in architectures:
         param = sparsity_param(arch)
-        values = (l1_coeffs if param == "l1_coeff" else ks) or (getattr(base.sae, param),)
+        values = {"l1_coeff": l1_coeffs, "l0_coeff": l0_coeffs, "k": ks}[param] or (getattr(base.sae, param),)
         for v in values:
             for w in widths or (base.sae.n_latents,):
                 points.append(Point(arch, param, float(v), int(w)))
@@ -218,9 +222,10 @@ def main(argv: list[str]) -> None:
     for name in ("widths", "ks"):
         if any(v <= 0 for v in getattr(cmd, name)):
             raise SaekitError(f"--{name} must all be positive, got {' '.join(map(str, getattr(cmd, name)))}")
-    if any(v < 0 for v in cmd.l1_coeffs):
-        raise SaekitError(f"--l1-coeffs must all be >= 0, got {' '.join(map(str, cmd.l1_coeffs))}")
+    for name in ("l1_coeffs", "l0_coeffs"):
+        if any(v < 0 for v in getattr(cmd, name)):
+            raise SaekitError(f"--{name.replace('_', '-')} must all be >= 0, got {' '.join(map(str, getattr(cmd, name)))}")
     check_output_folder(cmd.sweep_dir, "sweep folder")
-    points = grid(cmd.cfg, cmd.architectures, cmd.l1_coeffs, cmd.ks, cmd.widths)
+    points = grid(cmd.cfg, cmd.architectures, cmd.l1_coeffs, cmd.ks, cmd.widths, cmd.l0_coeffs)
     run_sweep(cmd.cfg, points, cmd.sweep_dir, cmd.cache_tokens, cmd.eval_tokens, cmd.splice_contexts,
               cmd.splice_batch_contexts)

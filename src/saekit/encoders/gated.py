@@ -20,6 +20,7 @@ from saekit.sae import LossOutput, SparseAutoencoder, register
 @register
 class GatedSAE(SparseAutoencoder):
     architecture = "gated"
+    summary = "Gated SAE: a gate picks which latents fire, a tied magnitude path how much; L1 on the gate (Rajamanoharan et al. 2024)"
     Params = L1Params
     adam_betas = (0.0, 0.999)
     uses_sparsity_penalty = True
@@ -50,6 +51,14 @@ class GatedSAE(SparseAutoencoder):
         """The same codes computed as JumpReLU_θ(π_mag) = ReLU(π_mag) ⊙ 1[π_mag > θ] (model-unit x)."""
         _, pi_mag = self.gate_and_magnitude(x * self.cfg.input_scale)
         return pi_mag.relu() * (pi_mag > self.jumprelu_threshold()).to(x.dtype)
+
+    @torch.no_grad()
+    def to_jumprelu(self):
+        """The JumpReLU SAE this Gated SAE is at inference: W_enc = diag(exp(r_mag)) W_gate, b_enc = b_mag,
+        θ = max(b_mag − exp(r_mag) ⊙ b_gate, 0), the same dictionary (a θ ≤ 0 is a ReLU: see jumprelu_from)."""
+        from saekit.encoders.jumprelu import jumprelu_from
+
+        return jumprelu_from(self, self.r_mag.exp().unsqueeze(1) * self.W_gate, self.b_mag, self.jumprelu_threshold())
 
     def loss(self, x: Tensor, *, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None,
              grad: Tensor | None = None) -> LossOutput:

@@ -1,23 +1,26 @@
-"""TopK SAE (Gao et al. 2024): keep the k largest pre-activations; loss NMSE + (1/32)·AuxK."""
+"""TopK SAE (Gao et al. 2024): keep the k largest pre-activations; loss NMSE + (1/32)·AuxK.
+
+Stated once (``saekit.statement``): the selection is each token's top k (of the scores, which a
+gradient-aware variant changes), the objective NMSE(x, x̂) with f = ReLU(z) on the selected entries.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import Tensor
 
 from saekit import kernels, losses
-from saekit.encoders.relu import LinearEncoderMixin
 from saekit.errors import SaekitError
-from saekit.sae import LossOutput, SparseAutoencoder, register
+from saekit.sae import LossOutput, register
+from saekit.statement import Active, AuxKMixin, RowTopK, Selected, Selection, StatedSAE
 
 
 @dataclass
 class TopKParams:
     k: int = 32
-    """Latents kept per token."""
+    """Latents kept per token (batchtopk, matryoshka: on average over the batch)."""
     k_aux: int = 0
     """Dead latents used by AuxK; 0 means d_in // 2 (always capped by the number of dead latents)."""
     aux_coeff: float = 1 / 32
@@ -29,14 +32,8 @@ class TopKParams:
     the active latents only; dense uses full matmuls; auto picks per batch by measured code density."""
 
 
-@register
-class TopKSAE(LinearEncoderMixin, SparseAutoencoder):
-    architecture = "topk"
-    Params = TopKParams
-
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        self._init_linear_encoder(cfg.n_latents, cfg.d_in)
+class TopKFamily(AuxKMixin, StatedSAE):
+    """ReLU codes on a selection of pre-activations, trained on NMSE + AuxK (topk, batchtopk, matryoshka)."""
 
     @classmethod
     def validate(cls, cfg) -> None:
@@ -46,87 +43,38 @@ class TopKSAE(LinearEncoderMixin, SparseAutoencoder):
             raise SaekitError("sae.k_aux and sae.aux_coeff must be >= 0 and sae.dead_tokens > 0")
         kernels.check_mode(cfg.kernels)
 
-    @property
-    def k_aux(self) -> int:
-        return self.cfg.k_aux or self.cfg.d_in // 2
+    def objective(self, x: Tensor, sel: Selected, sparsity_scale: float, dead_mask: Tensor | None) -> LossOutput:
+        a = sel.main
+        f = a.selected(a.z.relu())
+        loss, terms, x_hat = self.reconstruction(x, a, f)
+        loss = self.with_auxk(loss, terms, x, x_hat, sel, dead_mask)
+        self.observe(a, f)
+        return LossOutput(loss, terms, a.codes(f), x_hat)
 
-    def select(self, z: Tensor, x: Tensor, grad: Tensor | None) -> Tensor:
-        """Codes from pre-activations; gradient-aware subclasses change which latents are chosen."""
-        return losses.topk_codes(z, self.cfg.k)
-
-    def select_indices(self, z: Tensor, x: Tensor, grad: Tensor | None) -> Tensor:
-        """[B, k] indices of the latents ``select`` keeps (their codes are ReLU(z) there); used by the
-        sparse kernels. A subclass that overrides ``select`` but not this trains with dense kernels."""
-        return kernels.topk_indices(z, self.cfg.k)
-
-    def _sparse_ok(self) -> bool:
-        cls = type(self)
-        if cls.select is not TopKSAE.select and cls.select_indices is TopKSAE.select_indices:
-            return False
-        mode = self.cfg.kernels
-        return kernels.use_sparse(mode, self.cfg.k / self.cfg.n_latents) if mode != "dense" else False
-
-    def encode_scaled(self, x: Tensor, grad: Tensor | None = None) -> Tensor:
-        return self.select(self.pre_activations(x), x, grad)
-
-    def loss(self, x: Tensor, *, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None,
-             grad: Tensor | None = None) -> LossOutput:
-        x = x * self.cfg.input_scale
-        if grad is not None:
-            grad = grad / self.cfg.input_scale
-        if self._sparse_ok():
-            return self._sparse_loss(x, grad, dead_mask)
-        z = self.pre_activations(x)
-        f = self.select(z, x, grad)
-        x_hat = self.dictionary.decode(f)
+    def reconstruction(self, x: Tensor, a: Active, f: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """(reconstruction loss, its terms, x̂): NMSE of the whole dictionary's reconstruction."""
+        x_hat = a.decode(f, self.dictionary.W_dec) + self.dictionary.b_dec
         nmse = losses.normalized_mse(x, x_hat)
-        terms = {"nmse": nmse}
-        loss = nmse
-        if dead_mask is not None and self.cfg.aux_coeff > 0:
-            aux = losses.auxk_loss(z, (x - x_hat).detach(), self.dictionary.W_dec, dead_mask, self.k_aux)
-            terms["auxk"] = aux
-            loss = loss + self.cfg.aux_coeff * aux
-        return LossOutput(loss, terms, f, x_hat)
+        return nmse, {"nmse": nmse}, x_hat
 
-    def _sparse_loss(self, x: Tensor, grad: Tensor | None, dead_mask: Tensor | None) -> LossOutput:
-        """The same loss touching only the k selected latents per token (and AuxK's k_aux); the
-        pre-activations are made a chunk of tokens at a time and never held for the whole batch."""
-        n, k = x.shape[0], self.cfg.k
-        idx = torch.empty((n, k), dtype=torch.long, device=x.device)
-        values = torch.empty((n, k), dtype=x.dtype, device=x.device)
-        dead = dead_mask.nonzero().squeeze(1) if dead_mask is not None and self.cfg.aux_coeff > 0 else None
-        k_aux = min(self.k_aux, dead.numel()) if dead is not None else 0
-        aux_idx = torch.empty((n, k_aux), dtype=torch.long, device=x.device)
-        aux_values = torch.empty((n, k_aux), dtype=x.dtype, device=x.device)
-        with torch.no_grad():
-            xc = x - self.dictionary.b_dec
-            for rows, z in kernels.linear_chunks(self, xc, self.W_enc, self.b_enc):
-                i = self.select_indices(z, x[rows], grad[rows] if grad is not None else None)
-                idx[rows], values[rows] = i, z.gather(1, i)
-                if k_aux:
-                    v, j = z.index_select(1, dead).topk(k_aux, dim=-1, sorted=False)
-                    aux_idx[rows], aux_values[rows] = dead[j], v
-        p = kernels.Pattern.from_indices(idx, self.cfg.n_latents)
-        f = kernels.gather_preacts(x, self.dictionary.b_dec, self.W_enc, self.b_enc, p, values.view(-1)).relu()
-        x_hat = kernels.decode(f, self.dictionary.W_dec, p) + self.dictionary.b_dec
-        nmse = losses.normalized_mse(x, x_hat)
-        terms = {"nmse": nmse}
-        loss = nmse
-        if dead is not None:
-            aux = self._sparse_auxk(x, aux_idx, aux_values, (x - x_hat).detach())
-            terms["auxk"] = aux
-            loss = loss + self.cfg.aux_coeff * aux
-        return LossOutput(loss, terms, kernels.SparseCodes(p, f.detach()), x_hat)
-
-    def _sparse_auxk(self, x: Tensor, idx: Tensor, values: Tensor, residual: Tensor) -> Tensor:
-        """losses.auxk_loss over the dead latents' top-k_aux pre-activations (idx, values) only."""
-        if idx.shape[1] == 0:
-            return x.new_zeros(())
-        p = kernels.Pattern.from_indices(idx, self.cfg.n_latents)
-        codes = kernels.gather_preacts(x, self.dictionary.b_dec, self.W_enc, self.b_enc, p, values.reshape(-1)).relu()
-        return losses.normalized_mse(residual, kernels.decode(codes, self.dictionary.W_dec, p))
+    def observe(self, a: Active, f: Tensor) -> None:
+        """Look at a training batch's codes (BatchTopK estimates its inference threshold here)."""
 
     def dead_mask(self, tokens_since_fired: Tensor) -> Tensor:
         return tokens_since_fired >= self.cfg.dead_tokens
 
 
+@register
+class TopKSAE(TopKFamily):
+    architecture = "topk"
+    summary = "TopK SAE: each token keeps its k largest pre-activations; NMSE + AuxK (Gao et al. 2024)"
+    Params = TopKParams
+
+    def selection(self, n_rows: int, like: Tensor) -> Selection:
+        return RowTopK(self.cfg.k, n_rows, self.cfg.n_latents, like=like)
+
+    def encode_scaled(self, x: Tensor, grad: Tensor | None = None) -> Tensor:
+        z = self.pre_activations(x)
+        score = self.scorer(x, grad)
+        s = z.detach() if score is None else score(z.detach(), slice(0, z.shape[0]))
+        return z.relu() * self.selection(z.shape[0], z).mask(z, s)
