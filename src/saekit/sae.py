@@ -134,15 +134,20 @@ class SparseAutoencoder(nn.Module):
         return self.dictionary.b_dec
 
     def encode(self, x: Tensor, grad: Tensor | None = None) -> Tensor:
-        """Codes for model-unit activations x (and, for gradient-aware encoders, the LM gradient)."""
+        """Codes for model-unit activations x (and, for gradient-aware encoders, the LM gradient).
+
+        Inference: no autograd graph is built unless ``x`` itself requires grad (training goes
+        through ``loss``)."""
         self._check_input(x)
         if grad is not None:
             grad = grad / self.cfg.input_scale  # ∂L/∂(s·x) = (∂L/∂x) / s
-        return self.encode_scaled(x * self.cfg.input_scale, grad)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
+            return self.encode_scaled(x * self.cfg.input_scale, grad)
 
     def decode(self, f: Tensor) -> Tensor:
-        """Reconstruction in model units."""
-        return self.dictionary.decode(f) / self.cfg.input_scale
+        """Reconstruction in model units (no autograd graph unless ``f`` requires grad)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and f.requires_grad):
+            return self.dictionary.decode(f) / self.cfg.input_scale
 
     def forward(self, x: Tensor, grad: Tensor | None = None) -> tuple[Tensor, Tensor]:
         f = self.encode(x, grad)

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saekit import distributed
-from saekit.config import TrainConfig, dump_yaml
+from saekit.config import DataConfig, TrainConfig, dump_yaml
 from saekit.data.factory import make_source
 from saekit.data.source import ActivationSource, check_finite
 from saekit.errors import SaekitError
@@ -27,6 +27,17 @@ from saekit.train.checkpoint import TrainerState, latest_checkpoint, load_checkp
 from saekit.train.dead_latents import DeadLatentTracker, FreshAdamRows, resample_dead_latents
 from saekit.train.initialisation import geometric_median, input_scale
 from saekit.train.schedules import lr_factor, sparsity_factor
+
+
+def recorded_data(data: DataConfig, source: ActivationSource) -> DataConfig:
+    """What config.yaml records for a run given ``source``: the source's own description when it has one
+    (an ArraySource), ``data`` for saekit's own sources (built from it), else a custom source by name."""
+    describe = getattr(source, "data_config", None)
+    if callable(describe):
+        return describe(data)
+    if type(source).__module__.startswith("saekit."):
+        return data
+    return replace(data, source="custom", description=f"{type(source).__module__}.{type(source).__qualname__}")
 
 
 def make_optimizer(sae: SparseAutoencoder, cfg: TrainConfig) -> torch.optim.Adam:
@@ -100,8 +111,10 @@ class Trainer:
     Under torchrun each process builds its own Trainer; see ``saekit.distributed`` for what is shared."""
 
     def __init__(self, cfg: TrainConfig, source: ActivationSource | None = None, resume: bool = False,
-                 cluster: distributed.Cluster | None = None) -> None:
+                 cluster: distributed.Cluster | None = None, resume_hint: str = "pass --resume") -> None:
         cfg.validate()
+        if source is not None:
+            cfg = replace(cfg, data=recorded_data(cfg.data, source))
         self.cluster = cluster if cluster is not None else distributed.from_env(cfg.device)
         if cfg.batch_size % self.cluster.world:
             raise SaekitError(f"batch_size={cfg.batch_size} must be divisible by the number of processes "
@@ -129,7 +142,7 @@ class Trainer:
                 self._truncate_log(self.step)
         else:
             if not resume and ckpt is not None:
-                raise SaekitError(f"{self.out} already holds a run; pass --resume to continue it or choose another out_dir")
+                raise SaekitError(f"{self.out} already holds a run; {resume_hint} to continue it or choose another out_dir")
             torch.manual_seed(stream_seed("train.torch", cfg.seed))
             self.sae = initialise(cfg, self.source).to(self.device)
             self.optimizer = make_optimizer(self.sae, cfg)
