@@ -220,12 +220,16 @@ def build_sae(cfg: "SAEConfig", seed: int = 0) -> SparseAutoencoder:
 
 
 def load(directory: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
-    """Rebuild an SAE saved by ``save`` (never unpickles)."""
+    """Rebuild an SAE saved by ``save``, or convert a SAELens or sparsify folder (never unpickles).
+
+    A foreign SAE comes back with input_scale 1 and the same encode/decode as in its own library."""
     from saekit.config import SAEConfig
+    from saekit.interop import detect_format, load_foreign
 
     directory = Path(directory)
-    if not directory.is_dir():
-        raise SaekitError(f"no SAE folder at {directory}")
+    fmt = detect_format(directory)
+    if fmt != "saekit":
+        return load_foreign(directory, fmt).to(device)
     data = read_json(directory / "cfg.json")
     digest = data.pop(WEIGHTS_SHA256, None) if isinstance(data, dict) else None
     cfg = SAEConfig.from_dict(data)

@@ -1,0 +1,120 @@
+"""Runs inside benchmarks/.venv-peers (SAELens and sparsify installed; saekit is not importable there).
+
+``python peer_job.py JOB.json`` reads a job written by tests/interop/peers.py:
+
+- ``x``: a safetensors file with ``x`` [n, d_in] (and ``x3`` [b, t, d_in]): the activations to encode;
+- ``saelens_load``: folders exported by saekit, loaded with ``sae_lens.SAE.load_from_disk``;
+- ``sparsify_load``: folders exported by saekit, loaded with ``sparsify.SparseCoder.load_from_disk``;
+- ``saelens_make``: [name, architecture, options] SAEs that SAELens itself creates and saves;
+- ``sparsify_make``: [name, k] coders that sparsify itself creates and saves;
+- ``saebench``: whether to try SAEBench's interface checks (only if sae_bench imports).
+
+Every result goes to ``OUT/<name>.safetensors`` (codes, recon, ...) and ``OUT/results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def randomise(module: torch.nn.Module, seed: int) -> None:
+    """Non-trivial weights and biases (SAELens initialises its biases at zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim == 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def saelens_load(folder: str, x: torch.Tensor, x3: torch.Tensor) -> dict:
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(folder, device="cpu")
+    with torch.no_grad():
+        codes = sae.encode(x)
+        out = {"codes": codes, "recon": sae.decode(codes), "forward": sae(x), "codes3": sae.encode(x3)}
+    return {"tensors": out, "class": type(sae).__name__, "architecture": sae.cfg.architecture()}
+
+
+def sparsify_load(folder: str, x: torch.Tensor) -> dict:
+    from sparsify import SparseCoder
+
+    coder = SparseCoder.load_from_disk(folder, device="cpu")
+    with torch.no_grad():
+        acts, idx, _ = coder.encode(x)
+        codes = torch.zeros(x.shape[0], coder.num_latents).scatter_(-1, idx, acts)
+        recon = coder.decode(acts, idx)
+    return {"tensors": {"codes": codes, "recon": recon}, "class": type(coder).__name__, "k": coder.cfg.k}
+
+
+def saelens_make(name: str, arch: str, options: dict, d_in: int, d_sae: int, out: Path, x: torch.Tensor,
+                 seed: int) -> dict:
+    from sae_lens import GatedSAE, GatedSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+
+    classes = {"standard": (StandardSAE, StandardSAEConfig), "gated": (GatedSAE, GatedSAEConfig),
+               "topk": (TopKSAE, TopKSAEConfig)}
+    cls, cfg_cls = classes[arch]
+    sae = cls(cfg_cls(d_in=d_in, d_sae=d_sae, **options))
+    randomise(sae, seed)
+    folder = out / "saelens_made" / name
+    sae.save_model(folder)
+    with torch.no_grad():
+        codes = sae.encode(x)
+        tensors = {"codes": codes, "recon": sae.decode(codes)}
+    return {"tensors": tensors, "folder": str(folder)}
+
+
+def sparsify_make(name: str, k: int, d_in: int, d_sae: int, out: Path, x: torch.Tensor, seed: int) -> dict:
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    coder = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k))
+    randomise(coder, seed)
+    folder = out / "sparsify_made" / name
+    coder.save_to_disk(folder)
+    with torch.no_grad():
+        acts, idx, _ = coder.encode(x)
+        codes = torch.zeros(x.shape[0], d_sae).scatter_(-1, idx, acts)
+        tensors = {"codes": codes, "recon": coder.decode(acts, idx)}
+    return {"tensors": tensors, "folder": str(folder)}
+
+
+def main() -> None:
+    job = json.loads(Path(sys.argv[1]).read_text())
+    out = Path(job["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_file(job["x"])
+    x, x3 = data["x"], data["x3"]
+    d_in, d_sae = job["d_in"], job["d_sae"]
+    results: dict = {"versions": {}}
+    import importlib.metadata as md
+
+    for pkg in ("sae-lens", "eai-sparsify"):
+        results["versions"][pkg] = md.version(pkg)
+    tasks = [(f"saelens_load/{n}", lambda f=f: saelens_load(f, x, x3)) for n, f in job.get("saelens_load", {}).items()]
+    tasks += [(f"sparsify_load/{n}", lambda f=f: sparsify_load(f, x)) for n, f in job.get("sparsify_load", {}).items()]
+    tasks += [(f"saelens_make/{n}", lambda n=n, a=a, o=o, i=i: saelens_make(n, a, o, d_in, d_sae, out, x, 100 + i))
+              for i, (n, a, o) in enumerate(job.get("saelens_make", []))]
+    tasks += [(f"sparsify_make/{n}", lambda n=n, k=k, i=i: sparsify_make(n, k, d_in, d_sae, out, x, 200 + i))
+              for i, (n, k) in enumerate(job.get("sparsify_make", []))]
+    for key, task in tasks:
+        try:
+            res = task()
+            tensors = res.pop("tensors")
+            path = out / (key.replace("/", "__") + ".safetensors")
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+            results[key] = {**res, "tensors": str(path)}
+        except Exception:  # reported to the test, which fails with the traceback
+            results[key] = {"error": traceback.format_exc()}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
