@@ -34,7 +34,8 @@ def is_sparsify_dir(path: Path) -> bool:
     return (path / CFG).is_file() and (path / WEIGHTS).is_file()
 
 
-def export(sae: SparseAutoencoder, out: str | Path) -> Path:
+def export(sae: SparseAutoencoder, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``sae`` as a sparsify folder; ``extra``: more keys for cfg.json (sparsify drops unknown keys)."""
     arch = sae.cfg.architecture
     if arch not in EXPORTABLE:
         raise SaekitError(f"sparsify has TopK SAEs only; saekit's {arch!r} cannot be exported to it "
@@ -46,7 +47,7 @@ def export(sae: SparseAutoencoder, out: str | Path) -> Path:
     cfg: dict[str, Any] = {"activation": "topk", "expansion_factor": max(1, f.n_latents // f.d_in),
                            "normalize_decoder": unit, "num_latents": f.n_latents, "k": f.k, "multi_topk": False,
                            "skip_connection": False, "transcode": False, "d_in": f.d_in,
-                           "saekit_architecture": arch, "saekit_cfg": f.cfg}
+                           "saekit_architecture": arch, "saekit_cfg": f.cfg, **(extra or {})}
     if arch == "gradient_topk":
         cfg["saekit_note"] = GSAE_NOTE.replace("SAELens", "sparsify")
     atomic_save_tensors(out / WEIGHTS, {"encoder.weight": f.W_enc, "encoder.bias": f.b_enc,
