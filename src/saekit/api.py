@@ -29,7 +29,7 @@ HELDOUT = "heldout.safetensors"
 def _apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """Keyword arguments set fields of TrainConfig (steps, lr, out_dir, ...) or of its SAEConfig
     (architecture, k, n_latents, l1_coeff, ...)."""
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"sae", "data"}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"sae"}
     sae_fields = {f.name for f in dataclasses.fields(SAEConfig)}
     top = {k: v for k, v in overrides.items() if k in train_fields}
     sae = {k: v for k, v in overrides.items() if k in sae_fields and k not in train_fields}
@@ -37,6 +37,13 @@ def _apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig
     if unknown:
         raise SaekitError(f"saekit.train: unknown setting(s) {', '.join(unknown)} (neither a TrainConfig nor an "
                           "SAEConfig field)")
+    for key, value in top.items():  # a dict for a nested config (log={"wandb_project": ...}) updates its fields
+        current = getattr(cfg, key)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            bad = sorted(set(value) - {f.name for f in dataclasses.fields(current)})
+            if bad:
+                raise SaekitError(f"saekit.train: unknown {key} setting(s) {', '.join(bad)}")
+            top[key] = replace(current, **value)
     cfg = replace(cfg, **top)
     return replace(cfg, sae=replace(cfg.sae, **sae)) if sae else cfg
 

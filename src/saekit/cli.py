@@ -13,6 +13,8 @@ from saekit.errors import SaekitError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("Train an SAE (config file and/or flags; --resume continues a run)", "saekit.train.command:main"),
     "eval": ("Evaluate a saved SAE on held-out data; prints a table and writes JSON", "saekit.eval.command:main"),
+    "plot": ("Draw a run's training curves (loss terms, L0, FVU, dead fraction, LR) to PNG from metrics.jsonl",
+             "saekit.report.curves:main"),
     "info": ("Show a saved SAE's config and weights summary", "saekit.info:main"),
     "export": ("Write an SAE as a SAELens or sparsify folder (--format saelens|sparsify --out DIR)",
                "saekit.interop.command:export_main"),

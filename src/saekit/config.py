@@ -171,6 +171,19 @@ class DataConfig:
 
 
 @dataclass
+class LogConfig:
+    wandb_project: str = ""
+    """Weights & Biases project to log every metrics.jsonl row to; '' (the default) logs to no tracker.
+    Needs the optional extra: pip install 'saekit[wandb]'."""
+    wandb_entity: str = ""
+    """W&B entity (team or user); '' is wandb's default."""
+    wandb_run_name: str = ""
+    """W&B run name; '' uses the name of out_dir."""
+    wandb_mode: Literal["", "online", "offline"] = ""
+    """W&B mode; '' leaves it to wandb (the WANDB_MODE environment variable, else online)."""
+
+
+@dataclass
 class TrainConfig:
     sae: SAEConfig = field(default_factory=SAEConfig)
     """The SAE to train."""
@@ -222,6 +235,8 @@ class TrainConfig:
     """Device for the SAE."""
     progress: bool = True
     """Show a progress bar."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Experiment tracking beside metrics.jsonl (off by default)."""
 
     def validate(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "init_samples": self.init_samples,

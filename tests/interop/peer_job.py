@@ -7,7 +7,8 @@
 - ``sparsify_load``: folders exported by saekit, loaded with ``sparsify.SparseCoder.load_from_disk``;
 - ``saelens_make``: [name, architecture, options] SAEs that SAELens itself creates and saves;
 - ``sparsify_make``: [name, k] coders that sparsify itself creates and saves;
-- ``saebench``: whether to try SAEBench's interface checks (only if sae_bench imports).
+- ``saebench``: {module: saekit's adapter file, folders: {name: adapter tensors + cfg}}, run through SAEBench's
+  own code when sae_bench imports (else ``saebench_missing`` says why).
 
 Every result goes to ``OUT/<name>.safetensors`` (codes, recon, ...) and ``OUT/results.json``.
 """
@@ -86,6 +87,34 @@ def sparsify_make(name: str, k: int, d_in: int, d_sae: int, out: Path, x: torch.
     return {"tensors": tensors, "folder": str(folder)}
 
 
+def saebench_check(module_path: str, folder: str, x: torch.Tensor) -> dict:
+    """saekit's adapter (loaded by file path: saekit itself is not installed here) through SAEBench's own code:
+    load_and_format_sae (what every SAEBench eval calls on a custom SAE) and the core eval's feature-wise
+    weight-based metrics, which need no model or data set from a hub."""
+    import importlib.util
+
+    from sae_bench.custom_saes.custom_sae_config import CustomSAEConfig
+    from sae_bench.evals.core.main import get_featurewise_weight_based_metrics
+    from sae_bench.sae_bench_utils import general_utils
+
+    spec = importlib.util.spec_from_file_location("saekit_saebench_adapter", module_path)
+    adapter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(adapter)
+    cfg = json.loads((Path(folder) / "cfg.json").read_text())
+    k = cfg.pop("k")
+    cfg["seqpos_slice"] = tuple(cfg["seqpos_slice"])
+    sae = adapter.SAEBenchSAE(load_file(str(Path(folder) / "tensors.safetensors")), adapter.SAEBenchConfig(**cfg), k=k)
+    _, sae, _ = general_utils.load_and_format_sae("custom_sae", sae, "cpu")
+    metrics = get_featurewise_weight_based_metrics(sae)
+    with torch.no_grad():
+        codes = sae.encode(x)
+        tensors = {"codes": codes, "recon": sae.decode(codes), "forward": sae(x),
+                   **{name: torch.tensor(v) for name, v in metrics.items()}}
+    missing = sorted(set(CustomSAEConfig.__dataclass_fields__) - set(vars(sae.cfg)))
+    return {"tensors": tensors, "missing_cfg_fields": missing, "architecture_str": sae.cfg.architecture_str,
+            "hook_layer": sae.cfg.hook_layer, "json_cfg": json.loads(json.dumps(sae.cfg.to_dict(), default=str)) != {}}
+
+
 def main() -> None:
     job = json.loads(Path(sys.argv[1]).read_text())
     out = Path(job["out"])
@@ -104,6 +133,15 @@ def main() -> None:
               for i, (n, a, o) in enumerate(job.get("saelens_make", []))]
     tasks += [(f"sparsify_make/{n}", lambda n=n, k=k, i=i: sparsify_make(n, k, d_in, d_sae, out, x, 200 + i))
               for i, (n, k) in enumerate(job.get("sparsify_make", []))]
+    if job.get("saebench"):
+        try:
+            import sae_bench  # noqa: F401
+
+            results["versions"]["sae-bench"] = md.version("sae-bench")
+            tasks += [(f"saebench/{n}", lambda f=f: saebench_check(job["saebench"]["module"], f, x))
+                      for n, f in job["saebench"]["folders"].items()]
+        except ImportError as e:
+            results["saebench_missing"] = str(e)
     for key, task in tasks:
         try:
             res = task()

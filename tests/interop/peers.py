@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / "benchmarks" / ".venv-peers"
 PYTHON = VENV / "bin" / "python"
@@ -62,3 +64,22 @@ def run_job(python: Path, job: dict, folder: Path, timeout: float = 900) -> dict
     if done.returncode != 0:
         raise RuntimeError(f"peer job failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return json.loads((folder / "peer" / "results.json").read_text())
+
+
+# the shapes and architectures every peer test uses
+D_IN, N_LATENTS, K = 64, 256, 16
+EXPORTS = {"relu": {}, "gated": {}, "topk": {"k": K}, "gradient_topk": {"k": K, "beta": 2.0}}
+SPARSIFY_EXPORTS = ("topk", "gradient_topk")
+SAELENS_MADE = [("standard", "standard", {}), ("standard_no_bdec", "standard", {"apply_b_dec_to_input": False}),
+                ("gated", "gated", {}), ("topk", "topk", {"k": K}),
+                ("topk_rescaled", "topk", {"k": K, "rescale_acts_by_decoder_norm": True})]
+
+
+def real_shaped(n: int = 512, seed: int = 0) -> torch.Tensor:
+    """Residual-stream-like activations: a large shared offset, a few outlier dimensions, heavy tails."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D_IN, generator=g) * (1 + 3 * torch.rand(D_IN, generator=g))
+    chi2 = torch.randn(n, 4, generator=g).pow(2).sum(1, keepdim=True)
+    x = x * torch.randn(n, 1, generator=g) / (chi2 / 4).sqrt()  # Student-t(4) per-token scale: norms vary a lot
+    x[:, :3] *= 20  # outlier dimensions
+    return x + 5 * torch.randn(D_IN, generator=g)

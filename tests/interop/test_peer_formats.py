@@ -1,6 +1,6 @@
 """saekit <-> SAELens and sparsify, checked by the peers' own loaders in their own venv.
 
-One peer job per module (see peers.py): it loads saekit's exports with SAELens's ``SAE.load_from_disk``
+One peer job per test session (see peers.py and the ``peers`` fixture in conftest.py): it loads saekit's exports with SAELens's ``SAE.load_from_disk``
 and sparsify's ``SparseCoder.load_from_disk``, encodes and decodes the same activations, and creates
 and saves SAEs of its own that saekit then loads.
 """
@@ -13,55 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from peers import run_job
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import saekit
 from saekit.interop import saelens, sparsify
 
-D_IN, N_LATENTS, K = 64, 256, 16
+from peers import EXPORTS, K, SAELENS_MADE, SPARSIFY_EXPORTS
+
 TOL = 1e-5
-EXPORTS = {"relu": {}, "gated": {}, "topk": {"k": K}, "gradient_topk": {"k": K, "beta": 2.0}}
-SPARSIFY_EXPORTS = ("topk", "gradient_topk")
-SAELENS_MADE = [("standard", "standard", {}), ("standard_no_bdec", "standard", {"apply_b_dec_to_input": False}),
-                ("gated", "gated", {}), ("topk", "topk", {"k": K}),
-                ("topk_rescaled", "topk", {"k": K, "rescale_acts_by_decoder_norm": True})]
-
-
-def real_shaped(n: int = 512, seed: int = 0) -> torch.Tensor:
-    """Residual-stream-like activations: a large shared offset, a few outlier dimensions, heavy tails."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, D_IN, generator=g) * (1 + 3 * torch.rand(D_IN, generator=g))
-    x = x * torch.distributions.StudentT(4.0).sample((n, 1))  # per-token norm varies a lot
-    x[:, :3] *= 20  # outlier dimensions
-    return x + 5 * torch.randn(D_IN, generator=g)
-
-
-def saekit_sae(arch: str, x: torch.Tensor, out) -> saekit.SparseAutoencoder:
-    """A briefly trained SAE: non-trivial weights and biases, and the trainer's input scale (not 1)."""
-    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(5)) * 1e-3 if arch == "gradient_topk" else None
-    params = {k: v for k, v in EXPORTS[arch].items() if k != "grad_scale"}
-    sae = saekit.train(x, grads=g, architecture=arch, n_latents=N_LATENTS, steps=30, batch_size=128, lr=3e-3,
-                       warmup_steps=3, init_samples=512, progress=False, out_dir=str(out), **params)
-    assert sae.cfg.input_scale != 1.0
-    return sae
-
-
-@pytest.fixture(scope="module")
-def peers(peer_python, tmp_path_factory):
-    root = tmp_path_factory.mktemp("peers")
-    x = real_shaped()
-    save_file({"x": x, "x3": x[:96].clone().reshape(4, 24, D_IN)}, str(root / "x.safetensors"))
-    ours, sl, sp = {}, {}, {}
-    for arch in EXPORTS:
-        ours[arch] = saekit_sae(arch, x, root / "runs" / arch)
-        sl[arch] = str(saelens.export(ours[arch], root / "saelens" / arch))
-        if arch in SPARSIFY_EXPORTS:
-            sp[arch] = str(sparsify.export(ours[arch], root / "sparsify" / arch))
-    job = {"x": str(root / "x.safetensors"), "d_in": D_IN, "d_sae": N_LATENTS, "saelens_load": sl,
-           "sparsify_load": sp, "saelens_make": SAELENS_MADE, "sparsify_make": [("topk", K)]}
-    results = run_job(peer_python, job, root)
-    return {"x": x, "ours": ours, "results": results, "root": root, "saelens": sl, "sparsify": sp}
 
 
 def result(peers, key):

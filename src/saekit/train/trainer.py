@@ -27,6 +27,7 @@ from saekit.train.checkpoint import TrainerState, latest_checkpoint, load_checkp
 from saekit.train.dead_latents import DeadLatentTracker, FreshAdamRows, resample_dead_latents
 from saekit.train.initialisation import geometric_median, input_scale
 from saekit.train.schedules import lr_factor, sparsity_factor
+from saekit.train.tracking import WandbTracker
 
 
 def recorded_data(data: DataConfig, source: ActivationSource) -> DataConfig:
@@ -125,6 +126,7 @@ class Trainer:
         self.source = source if source is not None else make_source(cfg.data, "train")
         ckpt = latest_checkpoint(self.out)
         main = self.cluster.is_main
+        self.resumed = bool(resume and ckpt is not None)
         if resume and ckpt is not None:
             self.sae, self.optimizer, state = load_checkpoint(ckpt, lambda s: make_optimizer(s, cfg))
             self.sae.to(self.device)
@@ -162,25 +164,32 @@ class Trainer:
         cfg, sae, main = self.cfg, self.sae, self.cluster.is_main
         arch = architecture_class(sae.cfg.architecture)
         stream = self.source.batches(cfg.batch_size, self.position)
+        tracker = WandbTracker(cfg, self.out, self.resumed) if main and cfg.log.wandb_project else None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and main),
                    desc=f"train {arch.architecture}", unit="step", dynamic_ncols=True)
-        with open(self.out / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log:
-            while self.step < cfg.steps:
-                batch, self.position = next(stream)
-                out, x = self._train_step(batch)
-                self.step += 1
-                bar.update(1)
-                if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                    row = self._log_row(x, out)
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
-                    bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", fvu=f"{row['fvu']:.3f}")
-                del out, batch, x  # free this step's codes before the next step allocates its own
-                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == cfg.steps:
-                    self.cluster.check_in_sync(sae, self.step)
-                    if main:
-                        self.checkpoint()
-        bar.close()
+        try:
+            with open(self.out / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log:
+                while self.step < cfg.steps:
+                    batch, self.position = next(stream)
+                    out, x = self._train_step(batch)
+                    self.step += 1
+                    bar.update(1)
+                    if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                        row = self._log_row(x, out)
+                        log.write(json.dumps(row) + "\n")
+                        log.flush()
+                        if tracker is not None:
+                            tracker.log(row)
+                        bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", fvu=f"{row['fvu']:.3f}")
+                    del out, batch, x  # free this step's codes before the next step allocates its own
+                    if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == cfg.steps:
+                        self.cluster.check_in_sync(sae, self.step)
+                        if main:
+                            self.checkpoint()
+        finally:
+            bar.close()
+            if tracker is not None:
+                tracker.finish()
         if main:
             sae.save(self.out / "sae")
         self.cluster.barrier()
