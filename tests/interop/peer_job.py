@@ -99,6 +99,7 @@ def saebench_check(module_path: str, folder: str, x: torch.Tensor) -> dict:
 
     spec = importlib.util.spec_from_file_location("saekit_saebench_adapter", module_path)
     adapter = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = adapter  # dataclasses look their module up while the class is made
     spec.loader.exec_module(adapter)
     cfg = json.loads((Path(folder) / "cfg.json").read_text())
     k = cfg.pop("k")
