@@ -193,18 +193,51 @@ class LMConfig:
 
 
 @dataclass
+class ArrayConfig:
+    path: str = ""
+    """A .npy (memory-mapped) or .safetensors file of [n_tokens, d_in] activations; '' when the run was
+    given an in-memory array (see ``description``)."""
+    grads: str = ""
+    """Optional file of the matching LM-loss gradients (same shape)."""
+    eval_path: str = ""
+    """File of held-out activations for evaluation; '' holds out the last ``eval_fraction`` of ``path``."""
+    eval_fraction: float = 0.05
+    """Share of the rows (the last ones) held out for evaluation; 0 trains on every row."""
+    description: str = ""
+    """What the activations were (shape, dtype, where from): recorded by ``saekit.train``."""
+
+
+@dataclass
 class DataConfig:
-    source: Literal["synthetic", "store", "lm"] = "synthetic"
-    """Where activations come from: a synthetic generator, an on-disk store, or a language model on the fly."""
+    source: Literal["synthetic", "store", "lm", "array", "custom"] = "synthetic"
+    """Where activations come from: a synthetic generator, an on-disk store, a language model on the fly,
+    an array of activations (a file, or in memory through ``saekit.train``), or a custom Python source."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Synthetic ground truth settings (source=synthetic)."""
     store: str = ""
     """Path of an activation store written by `saekit cache` (source=store)."""
     store_seed: int = 0
-    """Seed of the store reader's shard order and row permutations (source=store): the data order,
+    """Seed of the store reader's shard order and row permutations (source=store or array): the data order,
     independent of the SAE's initialisation seed."""
     lm: LMConfig = field(default_factory=LMConfig)
     """Language-model settings (source=lm, and for `saekit cache`)."""
+    array: ArrayConfig = field(default_factory=ArrayConfig)
+    """An array of activations (source=array)."""
+    description: str = ""
+    """source=custom: the Python source object a run was given (it cannot be rebuilt from this file)."""
+
+
+@dataclass
+class LogConfig:
+    wandb_project: str = ""
+    """Weights & Biases project to log every metrics.jsonl row to; '' (the default) logs to no tracker.
+    Needs the optional extra: pip install 'saekit[wandb]'."""
+    wandb_entity: str = ""
+    """W&B entity (team or user); '' is wandb's default."""
+    wandb_run_name: str = ""
+    """W&B run name; '' uses the name of out_dir."""
+    wandb_mode: Literal["", "online", "offline"] = ""
+    """W&B mode; '' leaves it to wandb (the WANDB_MODE environment variable, else online)."""
 
 
 @dataclass
@@ -259,6 +292,8 @@ class TrainConfig:
     """Device for the SAE."""
     progress: bool = True
     """Show a progress bar."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Experiment tracking beside metrics.jsonl (off by default)."""
 
     def validate(self) -> None:
         check_numbers(self, "")

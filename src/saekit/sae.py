@@ -137,15 +137,20 @@ class SparseAutoencoder(nn.Module):
         return self.dictionary.b_dec
 
     def encode(self, x: Tensor, grad: Tensor | None = None) -> Tensor:
-        """Codes for model-unit activations x (and, for gradient-aware encoders, the LM gradient)."""
+        """Codes for model-unit activations x (and, for gradient-aware encoders, the LM gradient).
+
+        Inference: no autograd graph is built unless ``x`` itself requires grad (training goes
+        through ``loss``)."""
         self._check_input(x)
         if grad is not None:
             grad = grad / self.cfg.input_scale  # ∂L/∂(s·x) = (∂L/∂x) / s
-        return self.encode_scaled(x * self.cfg.input_scale, grad)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
+            return self.encode_scaled(x * self.cfg.input_scale, grad)
 
     def decode(self, f: Tensor) -> Tensor:
-        """Reconstruction in model units."""
-        return self.dictionary.decode(f) / self.cfg.input_scale
+        """Reconstruction in model units (no autograd graph unless ``f`` requires grad)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and f.requires_grad):
+            return self.dictionary.decode(f) / self.cfg.input_scale
 
     def forward(self, x: Tensor, grad: Tensor | None = None) -> tuple[Tensor, Tensor]:
         f = self.encode(x, grad)
@@ -218,12 +223,16 @@ def build_sae(cfg: "SAEConfig", seed: int = 0) -> SparseAutoencoder:
 
 
 def load(directory: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
-    """Rebuild an SAE saved by ``save`` (never unpickles)."""
+    """Rebuild an SAE saved by ``save``, or convert a SAELens or sparsify folder (never unpickles).
+
+    A foreign SAE comes back with input_scale 1 and the same encode/decode as in its own library."""
     from saekit.config import SAEConfig
+    from saekit.interop import detect_format, load_foreign
 
     directory = Path(directory)
-    if not directory.is_dir():
-        raise SaekitError(f"no SAE folder at {directory}")
+    fmt = detect_format(directory)
+    if fmt != "saekit":
+        return load_foreign(directory, fmt).to(device)
     data = read_json(directory / "cfg.json")
     digest = data.pop(WEIGHTS_SHA256, None) if isinstance(data, dict) else None
     cfg = SAEConfig.from_saved(data, str(directory / "cfg.json"))

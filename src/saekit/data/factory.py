@@ -23,4 +23,12 @@ def make_source(cfg: DataConfig, split: str = "train") -> ActivationSource:
         from saekit.data.lm_source import open_lm_source
 
         return open_lm_source(cfg.lm, split=split)
+    if cfg.source == "array":
+        from saekit.data.arrays import open_array_source
+
+        return open_array_source(cfg.array, split=split, seed=cfg.store_seed)
+    if cfg.source == "custom":
+        raise SaekitError(f"this run trained on a custom Python source ({cfg.description or 'unnamed'}), which "
+                          "cannot be rebuilt from its config: pass --data.* (e.g. --data.source array "
+                          "--data.array.path FILE.npy) to say what to read")
     raise SaekitError(f"unknown data.source {cfg.source!r}")

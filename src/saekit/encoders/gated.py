@@ -49,8 +49,9 @@ class GatedSAE(SparseAutoencoder):
 
     def encode_jumprelu(self, x: Tensor) -> Tensor:
         """The same codes computed as JumpReLU_θ(π_mag) = ReLU(π_mag) ⊙ 1[π_mag > θ] (model-unit x)."""
-        _, pi_mag = self.gate_and_magnitude(x * self.cfg.input_scale)
-        return pi_mag.relu() * (pi_mag > self.jumprelu_threshold()).to(x.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
+            _, pi_mag = self.gate_and_magnitude(x * self.cfg.input_scale)
+            return pi_mag.relu() * (pi_mag > self.jumprelu_threshold()).to(x.dtype)
 
     @torch.no_grad()
     def to_jumprelu(self):

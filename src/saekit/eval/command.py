@@ -65,6 +65,11 @@ def resolve_data(sae_dir: Path, data: DataConfig | None) -> DataConfig:
     run_cfg = sae_dir.parent / "config.yaml"
     if run_cfg.is_file():
         return load_train_config(run_cfg).data
+    from saekit.interop.command import recorded_data
+
+    recorded = recorded_data(sae_dir)  # a SAELens / sparsify folder that saekit exported says what it read
+    if recorded is not None:
+        return recorded
     raise SaekitError(f"no config.yaml beside {sae_dir}: pass --data.* to say what to evaluate on")
 
 

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saekit import distributed
-from saekit.config import TrainConfig, dump_yaml, load_train_config, resume_differences
+from saekit.config import DataConfig, TrainConfig, dump_yaml, load_train_config, resume_differences
 from saekit.data.factory import make_source
 from saekit.data.source import ActivationSource, check_finite
 from saekit.errors import SaekitError
@@ -29,6 +29,18 @@ from saekit.train.checkpoint import TrainerState, latest_checkpoint, load_checkp
 from saekit.train.dead_latents import DeadLatentTracker, FreshAdamRows, resample_dead_latents
 from saekit.train.initialisation import geometric_median, input_scale
 from saekit.train.schedules import lr_factor, sparsity_factor
+from saekit.train.tracking import WandbTracker
+
+
+def recorded_data(data: DataConfig, source: ActivationSource) -> DataConfig:
+    """What config.yaml records for a run given ``source``: the source's own description when it has one
+    (an ArraySource), ``data`` for saekit's own sources (built from it), else a custom source by name."""
+    describe = getattr(source, "data_config", None)
+    if callable(describe):
+        return describe(data)
+    if type(source).__module__.startswith("saekit."):
+        return data
+    return replace(data, source="custom", description=f"{type(source).__module__}.{type(source).__qualname__}")
 
 
 def make_optimizer(sae: SparseAutoencoder, cfg: TrainConfig) -> torch.optim.Adam:
@@ -103,8 +115,10 @@ class Trainer:
     Under torchrun each process builds its own Trainer; see ``saekit.distributed`` for what is shared."""
 
     def __init__(self, cfg: TrainConfig, source: ActivationSource | None = None, resume: bool = False,
-                 cluster: distributed.Cluster | None = None) -> None:
+                 cluster: distributed.Cluster | None = None, resume_hint: str = "pass --resume") -> None:
         cfg.validate()
+        if source is not None:
+            cfg = replace(cfg, data=recorded_data(cfg.data, source))
         self.cluster = cluster if cluster is not None else distributed.from_env(cfg.device)
         if cfg.batch_size % self.cluster.world:
             raise SaekitError(f"batch_size={cfg.batch_size} must be divisible by the number of processes "
@@ -123,6 +137,7 @@ class Trainer:
         if main and holds(self.out):  # safe only while no other writer can be at work here
             remove_temporaries(self.out)
         ckpt = latest_checkpoint(self.out)
+        self.resumed = bool(resume and ckpt is not None)
         if resume and ckpt is not None:
             self.sae, self.optimizer, state = load_checkpoint(ckpt, lambda s: make_optimizer(s, cfg))
             diffs = resume_differences(self.sae.cfg, self._saved_data(), cfg)
@@ -145,7 +160,7 @@ class Trainer:
                 self._truncate_log(self.step)
         else:
             if not resume and ckpt is not None:
-                raise SaekitError(f"{self.out} already holds a run; pass --resume to continue it or choose another out_dir")
+                raise SaekitError(f"{self.out} already holds a run; {resume_hint} to continue it or choose another out_dir")
             torch.manual_seed(stream_seed("train.torch", cfg.seed))
             self.sae = initialise(cfg, self.source).to(self.device)
             self.optimizer = make_optimizer(self.sae, cfg)
@@ -181,25 +196,32 @@ class Trainer:
         cfg, sae, main = self.cfg, self.sae, self.cluster.is_main
         arch = architecture_class(sae.cfg.architecture)
         stream = self.source.batches(cfg.batch_size, self.position)
+        tracker = WandbTracker(cfg, self.out, self.resumed) if main and cfg.log.wandb_project else None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and main),
                    desc=f"train {arch.architecture}", unit="step", dynamic_ncols=True)
-        with open(self.out / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log:
-            while self.step < cfg.steps:
-                batch, self.position = next(stream)
-                out, x = self._train_step(batch)
-                self.step += 1
-                bar.update(1)
-                if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                    row = self._log_row(x, out)
-                    log.write(json.dumps(row) + "\n")
-                    log.flush()
-                    bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", fvu=f"{row['fvu']:.3f}")
-                del out, batch, x  # free this step's codes before the next step allocates its own
-                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == cfg.steps:
-                    self.cluster.check_in_sync(sae, self.step)
-                    if main:
-                        self.checkpoint()
-        bar.close()
+        try:
+            with open(self.out / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log:
+                while self.step < cfg.steps:
+                    batch, self.position = next(stream)
+                    out, x = self._train_step(batch)
+                    self.step += 1
+                    bar.update(1)
+                    if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                        row = self._log_row(x, out)
+                        log.write(json.dumps(row) + "\n")
+                        log.flush()
+                        if tracker is not None:
+                            tracker.log(row)
+                        bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", fvu=f"{row['fvu']:.3f}")
+                    del out, batch, x  # free this step's codes before the next step allocates its own
+                    if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or self.step == cfg.steps:
+                        self.cluster.check_in_sync(sae, self.step)
+                        if main:
+                            self.checkpoint()
+        finally:
+            bar.close()
+            if tracker is not None:
+                tracker.finish()
         if main:
             sae.save(self.out / "sae")
         self.cluster.barrier()
