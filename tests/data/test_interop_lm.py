@@ -84,7 +84,7 @@ def test_plain_saelens_folder_with_data_flags(lm_run, tmp_path, model_dir, corpu
                                                  "device": "cpu", "apply_b_dec_to_input": True,
                                                  "normalize_activations": "none", "reshape_activations": "none",
                                                  "metadata": {"sae_lens_version": "6.5.0", "hook_name": "x"}}))
-    flags = ["data:data-config", "--data.source", "lm", "--data.lm.model", str(model_dir), "--data.lm.hookpoint",
+    flags = ["--data.source", "lm", "--data.lm.model", str(model_dir), "--data.lm.hookpoint",
              "resid_post.0", "--data.lm.corpus", str(corpus_dir), "--data.lm.context-length", "16",
              "--data.lm.eval-fraction", "0.3"]
     out = run(["eval", str(folder), "--tokens", "64", "--splice-contexts", "2", "--out", str(tmp_path / "e.json"),
