@@ -69,12 +69,12 @@ def test_max_tokens_runs_the_model_over_only_the_contexts_it_needs(cfg, tiny_mod
     seen = []
     real = harvest_mod.harvest_batch
     monkeypatch.setattr(harvest_mod, "harvest_batch", lambda m, hp, ctxs, **kw: seen.append(len(ctxs)) or real(m, hp, ctxs, **kw))
-    # shards of 40 contexts, forwards of 4 contexts (<= 60 tokens): 100 tokens need 2 forwards, not 10
+    # shards of up to 40 contexts, forwards of 4 (15 tokens each): 100 tokens need 7 contexts, not 40
     (path,) = cache(replace(cfg, split="train", max_tokens=100, shard_tokens=640, lm=replace(cfg.lm, model_batch_contexts=4)),
                     tiny_model, tokenizer)
     m = _manifest(path)
-    assert m["total_tokens"] == 100 and seen == [4, 4]
-    assert m["total_contexts"] == 8 == m["shards"][0]["contexts"]
+    assert m["total_tokens"] == 100 and sum(seen) <= 8 and all(n <= 4 for n in seen)
+    assert m["total_contexts"] == sum(seen) == sum(s["contexts"] for s in m["shards"])
 
 
 def test_interrupted_cache_resumes_to_the_same_store(cfg, tiny_model, tokenizer, monkeypatch, tmp_path):
