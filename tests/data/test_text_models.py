@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -95,3 +96,23 @@ def test_pack_without_bos(tokenizer):
 
     ctxs = list(pack(NoBos(), ["the king " * 20], 8))
     assert ctxs[0].mask.all() and ctxs[0].input_ids[0] != tokenizer.bos_token_id
+
+
+def test_a_killed_conversions_half_written_folder_is_removed_a_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from saekit.data.models import remove_stale_conversions
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(done.stdout)  # that process has exited
+    folder = tmp_path / "models" / "smollm2-abc"
+    folder.parent.mkdir(parents=True)
+    stale = folder.parent / f".{folder.name}.{dead_pid}.x1y2.tmp"
+    live = folder.parent / f".{folder.name}.{os.getpid()}.z3.tmp"
+    other = folder.parent / f".other-model.{dead_pid}.q.tmp"
+    for d in (stale, live, other):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"half")
+    assert remove_stale_conversions(folder) == [stale]
+    assert not stale.exists() and live.is_dir() and other.is_dir()

@@ -118,6 +118,29 @@ def check_causal_lm(source: str, spec: str) -> None:
                           "LM (next-token prediction)")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_conversions(folder: Path) -> list[Path]:
+    """Delete the half-written conversion folders (``.NAME.PID.*.tmp``) of ``folder`` whose process is
+    gone (killed mid-conversion; a model is ~0.5 GB); a live converter's folder is left alone."""
+    removed = []
+    prefix = f".{folder.name}."
+    for tmp in folder.parent.glob(f"{prefix}*.tmp"):
+        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def gguf_folder(gguf: Path) -> Path:
     """The converted safetensors folder for a GGUF file, converting it on first use."""
     st = gguf.stat()
@@ -126,7 +149,8 @@ def gguf_folder(gguf: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    remove_stale_conversions(folder)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.{os.getpid()}.", suffix=".tmp"))
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
