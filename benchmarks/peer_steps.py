@@ -16,33 +16,48 @@ import torch
 
 
 def _saelens(spec: dict, c: dict, trained_bias):
+    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.saes.gated_sae import GatedTrainingSAE, GatedTrainingSAEConfig
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+    from sae_lens.saes.matryoshka_batchtopk_sae import (MatryoshkaBatchTopKTrainingSAE,
+                                                        MatryoshkaBatchTopKTrainingSAEConfig)
     from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
-    d, m = c["d_in"], c["n_latents"]
+    d, m, device = c["d_in"], c["n_latents"], spec.get("device", "cpu")
     arch = spec["arch"]
+    common = dict(d_in=d, d_sae=m, device=device)
     if arch == "relu":
-        sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=m, l1_coefficient=5.0))
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(**common, l1_coefficient=5.0))
     elif arch == "gated":
-        sae = GatedTrainingSAE(GatedTrainingSAEConfig(d_in=d, d_sae=m, l1_coefficient=5.0))
+        sae = GatedTrainingSAE(GatedTrainingSAEConfig(**common, l1_coefficient=5.0))
     elif arch == "topk":
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=m, k=c["k"]))
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(**common, k=c["k"]))
+    elif arch == "jumprelu":
+        sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(**common, l0_coefficient=1.0))
+    elif arch == "batchtopk":
+        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**common, k=c["k"]))
+    elif arch == "matryoshka":  # the prefixes saekit's matryoshka uses by default: n/8, n/4, n/2, n
+        sae = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
+            **common, k=c["k"], matryoshka_widths=[m // 8, m // 4, m // 2, m]))
     else:
         return None
     betas = (0.0, 0.999) if arch == "gated" else (0.9, 0.999)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-6, betas=betas)  # tiny: sparsity holds
     coefficients = {name: (v.value if isinstance(v, TrainCoefficientConfig) else v)
                     for name, v in sae.get_coefficients().items()}
-    dead = torch.zeros(m, dtype=torch.bool)
-    freq = torch.zeros(m)
-    since_fired = torch.zeros(m)
+    dead = torch.zeros(m, dtype=torch.bool, device=device)
+    freq = torch.zeros(m, device=device)
+    since_fired = torch.zeros(m, device=device)
 
     def set_trained(x):
+        if arch not in ("relu", "gated", "jumprelu"):
+            return
         with torch.no_grad():
             z = (x - sae.b_dec) @ sae.W_enc
-            (sae.b_gate if arch == "gated" else sae.b_enc).copy_(trained_bias(z, c["k"]))
+            shift = sae.threshold if arch == "jumprelu" else 0.0  # fire above the threshold, not above 0
+            (sae.b_gate if arch == "gated" else sae.b_enc).copy_(trained_bias(z.cpu(), c["k"]).to(z.device) + shift)
 
     def step(x):
         sae.train()
@@ -68,7 +83,7 @@ def _sparsify(spec: dict, c: dict, trained_bias):
 
     if spec["arch"] != "topk":
         return None
-    sae = SparseCoder(c["d_in"], SparseCoderConfig(num_latents=c["n_latents"], k=c["k"]), device="cpu")
+    sae = SparseCoder(c["d_in"], SparseCoderConfig(num_latents=c["n_latents"], k=c["k"]), device=spec.get("device", "cpu"))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-6)  # their default is 2e-4/sqrt(M/2^14); tiny here
 
     def step(x):
@@ -90,7 +105,7 @@ def run(spec: dict, c: dict, timed, rss_now_kb, trained_bias, reset_peak_rss) ->
     if built is None:
         raise SystemExit(f"{spec['lib']} has no {spec['arch']} architecture")
     sae, set_trained, step = built
-    x = torch.randn(c["batch"], c["d_in"], generator=torch.Generator().manual_seed(0))
+    x = torch.randn(c["batch"], c["d_in"], generator=torch.Generator().manual_seed(0)).to(spec.get("device", "cpu"))
     if spec["sparsity"] == "trained" and set_trained is not None:
         set_trained(x)
     last = {}
