@@ -194,3 +194,24 @@ def test_topk_recovers_oneill_dictionary(tmp_path, seed):
     mcc = dictionary_mcc(truth, sae.W_dec.detach())
     assert mcc >= 0.9
     assert mcc > chance_dictionary_mcc(truth, 64, draws=10)["max"] + 0.3
+
+
+@pytest.mark.parametrize("kernels", ["dense", "sparse"])
+def test_timing_counts_the_steps_by_the_kernel_path_they_took(tmp_path, kernels):
+    cfg = small_cfg(tmp_path, sae=SAEConfig(architecture="relu", n_latents=16, l1_coeff=1.0, kernels=kernels))
+    train(cfg)
+    timing = json.loads((tmp_path / "run" / "timing.json").read_text())
+    assert timing["steps"] == cfg.steps
+    assert timing["dense_steps"] == (cfg.steps if kernels == "dense" else 0)
+    assert 0 < timing["step_s"] <= timing["wall_s"] and timing["data_s"] >= 0
+    assert timing["dense_share_of_wall"] == pytest.approx(timing["dense_step_s"] / timing["wall_s"])
+    # the timings stay out of metrics.jsonl, whose rows a resumed run must reproduce exactly
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not any("step_s" in row for row in rows)
+
+
+def test_timing_of_a_resumed_run_counts_only_the_steps_it_ran(tmp_path):
+    cfg = small_cfg(tmp_path, ckpt_every=10)
+    train(replace(cfg, steps=10))
+    train(cfg, resume=True)
+    assert json.loads((tmp_path / "run" / "timing.json").read_text())["steps"] == cfg.steps - 10

@@ -42,6 +42,11 @@ class LossOutput:
         self._codes = codes
 
     @property
+    def sparse(self) -> bool:
+        """Whether the step ran on the sparse kernels (its codes came as SparseCodes)."""
+        return isinstance(self._codes, SparseCodes)
+
+    @property
     def codes(self) -> Tensor:
         if isinstance(self._codes, SparseCodes):
             self._codes = self._codes.to_dense()

@@ -222,3 +222,35 @@ def test_a_store_smaller_than_one_batch_is_refused(cfg, tiny_model, tokenizer):
     source = StoreSource(path)
     with pytest.raises(SaekitError, match="yields only 30 tokens, fewer than one batch of 64"):
         next(source.batches(64))
+
+
+def test_grads_fp16_stores_half_precision_gradients_read_back_as_float32(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    a, g = torch.randn(6, 8, generator=gen), torch.randn(6, 8, generator=gen) * 1e-2
+    w = StoreWriter(tmp_path / "s", {}, grads_fp16=True)
+    w.write_shard(a, g, 1)
+    w.finish()
+    m = _manifest(tmp_path / "s")
+    assert m["grads_dtype"] == "float16" and m["dtype"] == "float32"
+    (b,) = StoreSource(tmp_path / "s").iter_all()
+    assert b.grads.dtype == torch.float32 and torch.equal(b.grads, g.half().float()) and torch.equal(b.acts, a)
+    # 2 bytes per gradient instead of 4: the shard is 6 x 8 x 2 bytes smaller than a float32 one
+    w32 = StoreWriter(tmp_path / "s32", {})
+    w32.write_shard(a, g, 1)
+    sizes = [next((tmp_path / name).glob("shard-*.safetensors")).stat().st_size for name in ("s32", "s")]
+    assert sizes[0] - sizes[1] == 6 * 8 * 2
+
+
+def test_grads_fp16_refuses_overflow_and_a_store_without_gradients(tmp_path, cfg, tiny_model, tokenizer):
+    w = StoreWriter(tmp_path / "s", {}, grads_fp16=True)
+    with pytest.raises(SaekitError, match="gradients exceed the float16 range"):
+        w.write_shard(torch.zeros(2, 4), torch.full((2, 4), 1e6), 1)
+    with pytest.raises(SaekitError, match="add --with-grads"):
+        cache(replace(cfg, grads_fp16=True, lm=replace(cfg.lm, with_grads=False)), tiny_model, tokenizer)
+
+
+def test_reopening_a_store_with_another_gradient_dtype_is_refused(tmp_path):
+    w = StoreWriter(tmp_path / "s", {"k": 1})
+    w.write_shard(torch.zeros(2, 4), torch.zeros(2, 4), 1)
+    with pytest.raises(SaekitError, match="other settings"):
+        StoreWriter(tmp_path / "s", {"k": 1}, grads_fp16=True)

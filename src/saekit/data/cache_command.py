@@ -43,7 +43,10 @@ class CacheConfig:
     shard_tokens: int = 32768
     """Approximate tokens per shard (rounded to whole contexts)."""
     fp16: bool = False
-    """Store activations as float16 (gradients stay float32)."""
+    """Store activations as float16 (gradients stay float32 unless --grads-fp16)."""
+    grads_fp16: bool = False
+    """Store LM gradients (--with-grads) as float16: half their disk and read time; the relative error
+    this costs is measured in benchmarks/README.md."""
     overwrite: bool = False
     """Replace an existing store with different settings instead of refusing."""
     progress: bool = True
@@ -64,6 +67,8 @@ def cache(cfg: CacheConfig, model: Any = None, tokenizer: Any = None) -> list[Pa
     if cfg.max_tokens < 0 or cfg.shard_tokens <= 0 or lm.model_batch_contexts <= 0:
         raise SaekitError("max_tokens must be >= 0; shard_tokens and model_batch_contexts positive")
     lm.validate("")
+    if cfg.grads_fp16 and not lm.with_grads:
+        raise SaekitError("--grads-fp16 stores gradients as float16, but this store has none: add --with-grads")
     with output_lock(cfg.out, "saekit cache"):
         remove_temporaries(cfg.out)
         return _cache(cfg, model, tokenizer)
@@ -89,7 +94,7 @@ def _cache(cfg: CacheConfig, model: Any, tokenizer: Any) -> list[Path]:
                 target = path.with_name(f".{split}.new.tmp")
                 shutil.rmtree(target, ignore_errors=True)
                 swaps.append((target, path))
-            writer = StoreWriter(target, _meta(cfg, split, shard_contexts), fp16=cfg.fp16)
+            writer = StoreWriter(target, _meta(cfg, split, shard_contexts), fp16=cfg.fp16, grads_fp16=cfg.grads_fp16)
             if not writer.complete:
                 _fill(cfg, writer, model, tokenizer, hp, split, shard_contexts)
             m = writer.manifest

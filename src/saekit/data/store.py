@@ -1,8 +1,9 @@
 """The on-disk activation store: safetensors shards plus a manifest.json, and a reader source.
 
 Layout: ``manifest.json`` and ``shard-00000.safetensors`` ... Each shard holds ``acts`` [n, d]
-(float32 or float16) and, with gradients, ``grads`` [n, d] (always float32: LM-loss gradients
-are small enough to underflow in float16).
+(float32 or float16) and, with gradients, ``grads`` [n, d] (float32, or float16 when asked for:
+half the disk and reading, at a measured relative error, see benchmarks/README.md; LM-loss
+gradients are small, so values below float16's normal range lose precision).
 
 Why it is crash-safe: a shard is written atomically first, then the manifest is rewritten
 atomically to list it with its sha256. A reader uses only shards the manifest lists and whose
@@ -44,9 +45,11 @@ def _shard_name(i: int) -> str:
 class StoreWriter:
     """Appends shards to a store folder; reopening an unfinished store with the same ``meta`` resumes it."""
 
-    def __init__(self, path: str | Path, meta: dict[str, Any], fp16: bool = False, overwrite: bool = False) -> None:
+    def __init__(self, path: str | Path, meta: dict[str, Any], fp16: bool = False, overwrite: bool = False,
+                 grads_fp16: bool = False) -> None:
         self.path = Path(path)
-        self.fp16 = fp16
+        self.fp16, self.grads_fp16 = fp16, grads_fp16
+        grads_dtype = "float16" if grads_fp16 else "float32"
         manifest_path = self.path / "manifest.json"
         for leftover in self.path.glob(".shard-*.tmp"):  # a killed run's half-written temporary file
             leftover.unlink(missing_ok=True)
@@ -59,7 +62,7 @@ class StoreWriter:
                                   "choose another output folder or pass --overwrite")
             if old.get("shards"):
                 check_manifest(old, manifest_path)
-            if old.get("meta") != meta or old.get("fp16") != fp16:
+            if old.get("meta") != meta or old.get("fp16") != fp16 or grads_dtype_of(old) != grads_dtype:
                 raise SaekitError(f"{self.path} holds a store written with other settings; "
                                   "choose another output folder or pass --overwrite")
             self.manifest = old
@@ -73,6 +76,8 @@ class StoreWriter:
             self.manifest = {"format": FORMAT, "version": VERSION, "meta": meta, "fp16": fp16,
                              "dtype": "float16" if fp16 else "float32", "d_in": None, "has_grads": None,
                              "shards": [], "total_tokens": 0, "total_contexts": 0, "complete": False}
+            if grads_fp16:  # absent in older stores: float32
+                self.manifest["grads_dtype"] = grads_dtype
             atomic_write_json(manifest_path, self.manifest)
 
     @property
@@ -98,7 +103,9 @@ class StoreWriter:
             raise SaekitError("activations exceed the float16 range; cache without --fp16")
         tensors = {"acts": acts.to(torch.float16 if self.fp16 else torch.float32).contiguous()}
         if grads is not None:
-            tensors["grads"] = grads.float().contiguous()
+            if self.grads_fp16 and grads.numel() and float(grads.abs().max()) > torch.finfo(torch.float16).max:
+                raise SaekitError("gradients exceed the float16 range; cache without --grads-fp16")
+            tensors["grads"] = grads.to(torch.float16 if self.grads_fp16 else torch.float32).contiguous()
         data = st_save(tensors)
         name = _shard_name(len(m["shards"]))
         atomic_write_bytes(self.path / name, data)
@@ -113,6 +120,11 @@ class StoreWriter:
             raise SaekitError(f"no activations were harvested into {self.path} (empty corpus split?)")
         self.manifest["complete"] = True
         atomic_write_json(self.path / "manifest.json", self.manifest)
+
+
+def grads_dtype_of(m: dict[str, Any]) -> str:
+    """How a store keeps its gradients (stores written before the option: float32)."""
+    return m.get("grads_dtype", "float32")
 
 
 def _nothing_stored(manifest_path: Path) -> bool:
@@ -163,6 +175,8 @@ def check_manifest(m: dict[str, Any], where: Path) -> None:
             raise bad(f"{name!r} should be true or false, got {m.get(name)!r}")
     if m.get("dtype") != ("float16" if m["fp16"] else "float32"):
         raise bad(f"'dtype' should be {'float16' if m['fp16'] else 'float32'}, got {m.get('dtype')!r}")
+    if grads_dtype_of(m) not in ("float32", "float16"):
+        raise bad(f"'grads_dtype' should be float32 or float16, got {m.get('grads_dtype')!r}")
     shards = m.get("shards")
     if not isinstance(shards, list) or not shards:
         raise bad(f"'shards' should be a non-empty list, got {shards!r}")
@@ -189,9 +203,10 @@ def check_manifest(m: dict[str, Any], where: Path) -> None:
 def check_shard_sizes(path: Path, m: dict[str, Any]) -> None:
     """Cheap check at start: every shard is there and large enough for what the manifest says it holds."""
     width = 2 if m["fp16"] else 4
+    grads_width = (2 if grads_dtype_of(m) == "float16" else 4) if m["has_grads"] else 0
     for s in m["shards"]:
         f = path / s["file"]
-        need = s["tokens"] * m["d_in"] * (width + (4 if m["has_grads"] else 0))
+        need = s["tokens"] * m["d_in"] * (width + grads_width)
         try:
             size = f.stat().st_size
         except OSError:
@@ -286,7 +301,7 @@ class StoreSource:
         grads = t.get("grads")
         if self.has_grads and (grads is None or grads.shape != acts.shape):
             raise SaekitError(f"shard {f} has no gradients of shape {tuple(acts.shape)}, the manifest says it has")
-        return acts, grads
+        return acts, (grads.float() if grads is not None else None)
 
     def _block(self, epoch: int, b: int) -> Block | None:
         order = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(mix_seed(self.seed, 7, epoch)))

@@ -7,8 +7,9 @@ import contextlib
 import json
 import math
 import os
+import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from saekit.data.factory import make_source
 from saekit.data.source import ActivationSource, check_finite
 from saekit.errors import SaekitError
 from saekit.eval import metrics
-from saekit.io import atomic_write_text, disk_errors, remove_temporaries
+from saekit.io import atomic_write_json, atomic_write_text, disk_errors, remove_temporaries
 from saekit.lock import holds, output_lock
 from saekit.rng import stream_seed
 from saekit.sae import SparseAutoencoder, architecture_class, build_sae
@@ -107,6 +108,33 @@ def clip_grad_norm(sae: SparseAutoencoder, max_norm: float) -> float:
     if total > max_norm:
         torch.nn.utils.clip_grads_with_norm_(sae.parameters(), max_norm, total)
     return float(total)
+
+
+@dataclass
+class StepTiming:
+    """Where a run's wall time went, for this invocation of the loop (a resumed run counts afresh):
+    reading batches, and training steps split by the kernel path the step took (dense codes or
+    sparse). Written to OUT/timing.json, apart from metrics.jsonl, whose rows stay reproducible."""
+
+    steps: int = 0
+    dense_steps: int = 0
+    data_s: float = 0.0
+    step_s: float = 0.0
+    dense_step_s: float = 0.0
+    wall_s: float = 0.0
+
+    def add_step(self, seconds: float, dense: bool) -> None:
+        self.steps += 1
+        self.step_s += seconds
+        if dense:
+            self.dense_steps += 1
+            self.dense_step_s += seconds
+
+    def summary(self) -> dict[str, float]:
+        out = asdict(self)
+        out["dense_share_of_steps"] = self.dense_steps / max(self.steps, 1)
+        out["dense_share_of_wall"] = self.dense_step_s / max(self.wall_s, 1e-12)
+        return out
 
 
 class Trainer:
@@ -199,11 +227,18 @@ class Trainer:
         tracker = WandbTracker(cfg, self.out, self.resumed) if main and cfg.log.wandb_project else None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and main),
                    desc=f"train {arch.architecture}", unit="step", dynamic_ncols=True)
+        self.timing, started = StepTiming(), time.perf_counter()
         try:
             with open(self.out / "metrics.jsonl", "a") if main else contextlib.nullcontext() as log:
                 while self.step < cfg.steps:
+                    t0 = time.perf_counter()
                     batch, self.position = next(stream)
+                    t1 = time.perf_counter()
                     out, x = self._train_step(batch)
+                    if str(self.device).startswith("cuda"):
+                        torch.cuda.synchronize()
+                    self.timing.data_s += t1 - t0
+                    self.timing.add_step(time.perf_counter() - t1, dense=not out.sparse)
                     self.step += 1
                     bar.update(1)
                     if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
@@ -222,8 +257,10 @@ class Trainer:
             bar.close()
             if tracker is not None:
                 tracker.finish()
+        self.timing.wall_s = time.perf_counter() - started
         if main:
             sae.save(self.out / "sae")
+            atomic_write_json(self.out / "timing.json", self.timing.summary())
         self.cluster.barrier()
         return sae
 
