@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -102,3 +104,61 @@ def test_captured_and_edited_tensors_are_copies(tiny_model, tokenizer):
         if got is not None:
             torch.testing.assert_close(got["acts"], clean)
     assert torch.equal(fixed, torch.zeros_like(clean))
+
+
+def test_fused_ce_grad_hand_case_and_blocks():
+    from saekit.data.harvest import fused_ce_grad
+
+    # one row, vocab 2, W = I: logits = h = (0, ln 3): softmax (1/4, 3/4), target 0
+    h, W = torch.tensor([[0.0, math.log(3.0)]]), torch.eye(2)
+    loss, grad = fused_ce_grad(h, W, None, torch.tensor([0]))
+    assert loss.item() == pytest.approx(math.log(4.0))  # −log(1/4)
+    torch.testing.assert_close(grad, torch.tensor([[-0.75, 0.75]]))  # (p − onehot) W
+    gen = torch.Generator().manual_seed(0)
+    h, W, b = torch.randn(10, 6, generator=gen), torch.randn(50, 6, generator=gen), torch.randn(50, generator=gen)
+    t = torch.randint(0, 50, (10,), generator=gen)
+    leaf = h.clone().requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(leaf @ W.T + b, t, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(ref, leaf)
+    loss, grad = fused_ce_grad(h, W, b, t, block_rows=3)  # blocks of 3, 3, 3, 1 rows
+    torch.testing.assert_close(loss, ref.detach())
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_fused_loss_head_is_used_for_a_llama_and_equals_autograd(tiny_model, tokenizer):
+    from saekit.data import harvest
+
+    ids, attn = _ids(tokenizer, seed=5)
+    attn[1, 7:] = 0
+    mask = attn.bool().clone()
+    mask[:, 0] = False  # BOS excluded, as harvest_batch does
+    hp = resolve_hookpoint(tiny_model, "resid_post.0")
+    fast = activations_and_grads(tiny_model, hp, ids, attn, mask)
+    assert harvest._FUSED_OK[tiny_model] is True  # the check on the first batch passed: the fused head ran
+    plain = activations_and_grads(tiny_model, hp, ids, attn, mask, fused=False)
+    assert torch.equal(fast[0], plain[0])
+    torch.testing.assert_close(fast[1], plain[1])
+    assert fast[1].abs().sum() > 0
+    # the last position predicts nothing and no earlier position attends to it: its gradient is exactly 0
+    assert torch.equal(fast[1][0, -1], torch.zeros_like(fast[1][0, -1]))
+
+
+def test_a_model_whose_logits_are_not_the_plain_head_takes_the_plain_path(tiny_model, tokenizer, monkeypatch):
+    from saekit.data import harvest
+
+    ids, attn = _ids(tokenizer, seed=6)
+    hp = resolve_hookpoint(tiny_model, "resid_post.0")
+    real_forward = tiny_model.forward
+
+    def scaled(*a, **k):  # logits scaled after the head, as Cohere does (Gemma 2 soft-caps them)
+        out = real_forward(*a, **k)
+        out.logits = 2.0 * out.logits
+        return out
+
+    monkeypatch.setattr(tiny_model, "forward", scaled)
+    harvest._FUSED_OK.pop(tiny_model, None)
+    acts, grads = activations_and_grads(tiny_model, hp, ids, attn)
+    assert harvest._FUSED_OK[tiny_model] is False
+    plain = activations_and_grads(tiny_model, hp, ids, attn, fused=False)
+    torch.testing.assert_close(grads, plain[1])
+    harvest._FUSED_OK.pop(tiny_model, None)

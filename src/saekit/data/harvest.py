@@ -8,11 +8,20 @@ BOS, a special token such as an end-of-sequence marker, nor padding), and ``torc
 gives dCE/d(activation). So the gradient a g-SAE trains with is the gradient of the loss it is
 evaluated on. Contexts are independent, so the gradient at a token equals the gradient of its own
 context's summed CE. Masked tokens are dropped after the forward.
+
+The loss head is fused (``fused_ce_grad``): instead of the model's [B, T, vocab] logits, the CE
+and its gradient with respect to the final hidden state are computed a block of counted positions
+at a time, then the backward continues from the hidden state. Same gradient (the softmax's own
+formula instead of autograd's), without materialising, copying and zero-filling several
+batch x vocab tensors. Used where the logits are exactly ``lm_head(last hidden state)``, which is
+checked numerically against the model's own logits on the first batch of each model; anything
+else (soft-capped or scaled logits, an unusual head) takes the plain path.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -39,12 +48,8 @@ def next_token_ce(logits: Tensor, input_ids: Tensor, attention_mask: Tensor, mas
     """Cross-entropy of predicting token t+1 from position t, summed: with ``mask`` (the included
     tokens, [B, T] bool) over the splice's counted predictions, mask[t] and mask[t+1]; without it over
     every real (non-padding) target token."""
-    if mask is None:
-        counted = attention_mask[:, 1:] != 0
-    else:
-        mask = mask.bool()
-        counted = mask[:, :-1] & mask[:, 1:]
-    targets = input_ids[:, 1:].masked_fill(~counted, -100)
+    counted, targets = counted_targets(input_ids, attention_mask, mask)
+    targets = targets.masked_fill(~counted, -100)
     return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100,
                            reduction="sum")
 
@@ -55,18 +60,106 @@ def activations(model: nn.Module, hp: Hookpoint, input_ids: Tensor, attention_ma
     return run_captured(model, hp, input_ids, attention_mask, stop_early=stop_early)
 
 
-def activations_and_grads(model: nn.Module, hp: Hookpoint, input_ids: Tensor, attention_mask: Tensor,
-                          mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """[B, T, d] activations and dCE/d(activations) from one full forward and backward.
+def counted_targets(input_ids: Tensor, attention_mask: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """([B, T-1] bool of the counted predictions, [B, T-1] targets); see ``next_token_ce``."""
+    if mask is None:
+        counted = attention_mask[:, 1:] != 0
+    else:
+        mask = mask.bool()
+        counted = mask[:, :-1] & mask[:, 1:]
+    return counted, input_ids[:, 1:]
 
-    Pass the included-token ``mask`` (as ``harvest_batch`` does) for the CE the splice evaluates; see
-    ``next_token_ce``."""
+
+FUSED_DEFAULT = True  # benchmarks/harvest.py flips it to time the plain path
+FUSED_BLOCK_ROWS = 256  # positions per block of the fused loss head: [256, vocab] logits at a time
+
+
+@torch.no_grad()
+def fused_ce_grad(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
+                  block_rows: int = FUSED_BLOCK_ROWS) -> tuple[Tensor, Tensor]:
+    """(summed CE, dCE/d hidden) of rows ``hidden`` [N, d] predicting ``targets`` [N] through the
+    head logits = hidden W^T + b, one block of rows at a time:
+    CE_n = logsumexp(l_n) − l_n[t_n],  dCE/dh_n = (softmax(l_n) − onehot(t_n)) W."""
+    grad = torch.empty_like(hidden)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], block_rows):
+        h, t = hidden[start:start + block_rows], targets[start:start + block_rows]
+        logits = (torch.addmm(bias, h, weight.T) if bias is not None else h @ weight.T).float()
+        top = logits.amax(dim=1, keepdim=True)
+        rows = torch.arange(h.shape[0], device=h.device)
+        target_logit = logits[rows, t]
+        probs = logits.sub_(top).exp_()
+        norm = probs.sum(dim=1, keepdim=True)
+        total += (norm.log().squeeze(1) + top.squeeze(1) - target_logit).sum()
+        probs.div_(norm)
+        probs[rows, t] -= 1.0
+        grad[start:start + block_rows] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+    return total, grad
+
+
+def _loss_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """(backbone, lm_head) when the model's logits might be lm_head(backbone(...).last_hidden_state)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    backbone = getattr(model, "base_model", None)
+    if not isinstance(head, nn.Linear) or backbone is None or backbone is model:
+        return None
+    return backbone, head
+
+
+def _plain_activations_and_grads(model, hp, input_ids, attention_mask, mask):
     with torch.enable_grad(), capture(hp, leaf=True) as got:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     acts = got["acts"]
     loss = next_token_ce(logits, input_ids, attention_mask, mask)
     (grads,) = torch.autograd.grad(loss, acts)
-    return acts.detach(), grads
+    return acts.detach(), grads, loss.detach()
+
+
+def _fused_activations_and_grads(model, hp, input_ids, attention_mask, mask):
+    backbone, head = _loss_head(model)  # type: ignore[misc]
+    with torch.enable_grad(), capture(hp, leaf=True) as got:
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    acts = got["acts"]
+    counted, targets = counted_targets(input_ids, attention_mask, mask)
+    rows = hidden[:, :-1][counted]  # [N, d], the positions whose prediction counts
+    loss, d_rows = fused_ce_grad(rows.detach(), head.weight, head.bias, targets[counted])
+    (grads,) = torch.autograd.grad(rows, acts, grad_outputs=d_rows)
+    return acts.detach(), grads, loss
+
+
+_FUSED_OK: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def _fused_matches(model, hp, input_ids, attention_mask, mask) -> bool:
+    """Whether the fused head gives this model's loss and gradient (checked once per model)."""
+    if model not in _FUSED_OK:
+        ok = False
+        if _loss_head(model) is not None:
+            try:
+                a0, g0, l0 = _plain_activations_and_grads(model, hp, input_ids, attention_mask, mask)
+                a1, g1, l1 = _fused_activations_and_grads(model, hp, input_ids, attention_mask, mask)
+                ok = (torch.allclose(l0, l1, rtol=1e-4, atol=1e-4) and torch.equal(a0, a1)
+                      and torch.allclose(g0, g1, rtol=1e-3, atol=1e-3 * float(g0.abs().max()) + 1e-12))
+            except (AttributeError, TypeError, ValueError, RuntimeError):
+                ok = False  # a backbone that does not take these arguments or return last_hidden_state
+        _FUSED_OK[model] = ok
+    return _FUSED_OK[model]
+
+
+def activations_and_grads(model: nn.Module, hp: Hookpoint, input_ids: Tensor, attention_mask: Tensor,
+                          mask: Tensor | None = None, fused: bool | None = None) -> tuple[Tensor, Tensor]:
+    """[B, T, d] activations and dCE/d(activations) from one full forward and backward.
+
+    Pass the included-token ``mask`` (as ``harvest_batch`` does) for the CE the splice evaluates; see
+    ``next_token_ce``. ``fused``: the fused loss head where it is exact for this model (see the module
+    docstring; default ``FUSED_DEFAULT``); False: the model's own logits and autograd."""
+    if fused is None:
+        fused = FUSED_DEFAULT
+    if fused and _fused_matches(model, hp, input_ids, attention_mask, mask):
+        acts, grads, _ = _fused_activations_and_grads(model, hp, input_ids, attention_mask, mask)
+    else:
+        acts, grads, _ = _plain_activations_and_grads(model, hp, input_ids, attention_mask, mask)
+    return acts, grads
 
 
 def harvest_batch(model: nn.Module, hp: Hookpoint, ctxs: list[Context], with_grads: bool = False,
