@@ -215,3 +215,10 @@ def test_export_command_says_a_batchtopk_export_is_an_inference_time_conversion(
     printed = capsys.readouterr().out
     assert "matryoshka -> jumprelu" in printed and "inference-time conversion" in printed
     assert saekit.load(tmp_path / "sl").cfg.architecture == "matryoshka"
+
+
+def test_saebench_adapter_refuses_thresholded_saes_in_one_line():
+    from saekit.interop.saebench import as_saebench
+
+    with pytest.raises(SaekitError, match="no SAEBench adapter for saekit's 'jumprelu' yet"):
+        as_saebench(thresholded("jumprelu"), "m", 0)
