@@ -128,7 +128,8 @@ def test_saekit_loads_sae_that_saelens_made(peers, name):
 
 
 def test_saelens_jumprelu_thresholds_at_or_below_zero_are_relu(peers, tmp_path):
-    """SAELens-made jumprelu latents 0-3 have θ ≤ 0: ReLU(z)·1[z > θ] = ReLU(z), kept through a saved saekit SAE."""
+    """SAELens-made jumprelu latents 0-3 have θ ≤ 0: ReLU(z)·1[z > θ] = ReLU(z), kept through a saved saekit
+    SAE."""
     res, want = result(peers, "saelens_make/jumprelu")
     theta = load_file(str(Path(res["folder"]) / saelens.WEIGHTS))["threshold"]
     assert bool((theta[:4] <= 0).all()) and bool((theta[4:] > 0).all())

@@ -138,7 +138,8 @@ def write_saelens_jumprelu(folder: Path, theta: torch.Tensor, apply_b_dec: bool 
     g = torch.Generator().manual_seed(4)
     d_in, d_sae = 8, theta.numel()
     t = {"W_enc": torch.randn(d_in, d_sae, generator=g) / 3, "W_dec": torch.randn(d_sae, d_in, generator=g) / 3,
-         "b_enc": 0.3 * torch.randn(d_sae, generator=g), "b_dec": 0.5 * torch.randn(d_in, generator=g), "threshold": theta}
+         "b_enc": 0.3 * torch.randn(d_sae, generator=g), "b_dec": 0.5 * torch.randn(d_in, generator=g),
+         "threshold": theta}
     folder.mkdir(parents=True)
     save_file(t, str(folder / "sae_weights.safetensors"))
     cfg = {"architecture": "jumprelu", "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
