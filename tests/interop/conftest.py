@@ -7,7 +7,8 @@ import json
 
 import pytest
 import torch
-from peers import D_IN, EXPORTS, N_LATENTS, SAELENS_MADE, SPARSIFY_EXPORTS, K, ensure_peer_env, real_shaped, run_job
+from peers import (D_IN, EXPORTS, N_LATENTS, SAEBENCH_EXPORTS, SAELENS_MADE, SPARSIFY_EXPORTS, K, ensure_peer_env,
+                   real_shaped, run_job)
 from safetensors.torch import save_file
 
 import saekit
@@ -44,7 +45,7 @@ def peers(peer_python, tmp_path_factory):
         sl[arch] = str(saelens.export(ours[arch], root / "saelens" / arch))
         if arch in SPARSIFY_EXPORTS:
             sp[arch] = str(sparsify.export(ours[arch], root / "sparsify" / arch))
-    bench = {arch: str(write_adapter(ours[arch], root / "saebench" / arch)) for arch in EXPORTS}
+    bench = {arch: str(write_adapter(ours[arch], root / "saebench" / arch)) for arch in SAEBENCH_EXPORTS}
     job = {"x": str(root / "x.safetensors"), "d_in": D_IN, "d_sae": N_LATENTS, "saelens_load": sl,
            "sparsify_load": sp, "saelens_make": SAELENS_MADE, "sparsify_make": [("topk", K)],
            "saebench": {"module": saebench.__file__, "folders": bench}}

@@ -58,19 +58,35 @@ def sparsify_load(folder: str, x: torch.Tensor) -> dict:
 
 def saelens_make(name: str, arch: str, options: dict, d_in: int, d_sae: int, out: Path, x: torch.Tensor,
                  seed: int) -> dict:
-    from sae_lens import GatedSAE, GatedSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    """An SAE that SAELens creates and saves; jumprelu gets per-latent thresholds inside the range of its
+    positive pre-activations on x (four ≤ 0), batchtopk a global one, saved as SAELens saves it for inference."""
+    from sae_lens import (SAE, BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, GatedSAE, GatedSAEConfig,
+                          JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig)
 
     classes = {"standard": (StandardSAE, StandardSAEConfig), "gated": (GatedSAE, GatedSAEConfig),
-               "topk": (TopKSAE, TopKSAEConfig)}
+               "topk": (TopKSAE, TopKSAEConfig), "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig),
+               "batchtopk": (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig)}
     cls, cfg_cls = classes[arch]
     sae = cls(cfg_cls(d_in=d_in, d_sae=d_sae, **options))
     randomise(sae, seed)
     folder = out / "saelens_made" / name
-    sae.save_model(folder)
+    with torch.no_grad():
+        pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc if arch in ("jumprelu", "batchtopk") else None
+        if arch == "jumprelu":  # latent i: (10 + 60 i / d_sae) % of its largest pre-activation; the first four ≤ 0
+            top = pre.max(0).values.clamp_min(1e-3)
+            sae.threshold.copy_((0.1 + 0.6 * torch.arange(d_sae) / d_sae) * top)
+            sae.threshold[:4] = torch.tensor([-1.0, 0.0, -0.01, 0.0])
+        if arch == "batchtopk":
+            sae.topk_threshold.fill_(float(pre[pre > 0].median()))
+    if arch == "batchtopk":  # SAELens's own conversion: a jumprelu folder with the threshold in every latent
+        sae.save_inference_model(folder)
+        sae = SAE.load_from_disk(folder, device="cpu")
+    else:
+        sae.save_model(folder)
     with torch.no_grad():
         codes = sae.encode(x)
         tensors = {"codes": codes, "recon": sae.decode(codes)}
-    return {"tensors": tensors, "folder": str(folder)}
+    return {"tensors": tensors, "folder": str(folder), "architecture": sae.cfg.architecture()}
 
 
 def sparsify_make(name: str, k: int, d_in: int, d_sae: int, out: Path, x: torch.Tensor, seed: int) -> dict:

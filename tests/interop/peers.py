@@ -68,11 +68,16 @@ def run_job(python: Path, job: dict, folder: Path, timeout: float = 900) -> dict
 
 # the shapes and architectures every peer test uses
 D_IN, N_LATENTS, K = 64, 256, 16
-EXPORTS = {"relu": {}, "gated": {}, "topk": {"k": K}, "gradient_topk": {"k": K, "beta": 2.0}}
+EXPORTS = {"relu": {}, "gated": {}, "topk": {"k": K}, "gradient_topk": {"k": K, "beta": 2.0}, "jumprelu": {},
+           "batchtopk": {"k": K}, "matryoshka": {"k": K}}
 SPARSIFY_EXPORTS = ("topk", "gradient_topk")
+THRESHOLDED = ("jumprelu", "batchtopk", "matryoshka")  # SAELens jumprelu: codes gated by thresholds
+SAEBENCH_EXPORTS = ("relu", "gated", "topk", "gradient_topk")  # the SAEBench adapter's architectures
 SAELENS_MADE = [("standard", "standard", {}), ("standard_no_bdec", "standard", {"apply_b_dec_to_input": False}),
                 ("gated", "gated", {}), ("topk", "topk", {"k": K}),
-                ("topk_rescaled", "topk", {"k": K, "rescale_acts_by_decoder_norm": True})]
+                ("topk_rescaled", "topk", {"k": K, "rescale_acts_by_decoder_norm": True}),
+                ("jumprelu", "jumprelu", {}), ("jumprelu_no_bdec", "jumprelu", {"apply_b_dec_to_input": False}),
+                ("batchtopk", "batchtopk", {"k": K})]
 
 
 def real_shaped(n: int = 512, seed: int = 0) -> torch.Tensor:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 import saekit
 from saekit.interop import saelens, sparsify
 
-from peers import EXPORTS, K, SAELENS_MADE, SPARSIFY_EXPORTS
+from peers import EXPORTS, K, SAELENS_MADE, SPARSIFY_EXPORTS, THRESHOLDED
 
 TOL = 1e-5
 
@@ -67,6 +67,35 @@ def test_gated_inference_agrees_with_saelens_and_jumprelu_form(peers):
     assert ((got["codes"] > 0) == (sae.encode(x) > 0)).float().mean() == 1.0
 
 
+def thresholds(sae) -> torch.Tensor:
+    """Each latent's inference threshold θ (normalised units = code units)."""
+    return sae.threshold() if sae.cfg.architecture == "jumprelu" else sae.threshold.expand(sae.cfg.n_latents)
+
+
+@pytest.mark.parametrize("arch", THRESHOLDED)
+def test_saelens_jumprelu_export_gates_codes_by_saekits_thresholds(peers, arch):
+    """jumprelu, batchtopk and matryoshka -> SAELens jumprelu: the exported thresholds are saekit's exactly
+    (folding input_scale leaves them alone) and SAELens switches off just the codes saekit switches off."""
+    res, got = result(peers, f"saelens_load/{arch}")
+    sae, x = peers["ours"][arch], peers["x"]
+    assert res["architecture"] == "jumprelu" and res["class"] == "JumpReLUSAE"
+    theta = thresholds(sae).detach()
+    exported = load_file(str(Path(peers["saelens"][arch]) / saelens.WEIGHTS))["threshold"]
+    assert torch.equal(exported, theta)
+    assert float(theta.min()) > 0 and (arch == "jumprelu") == (theta.unique().numel() > 1)
+    z = sae.pre_activations(x * sae.cfg.input_scale).detach()
+    off = (z > 0) & (z < theta * (1 - 1e-4))  # positive, yet below the threshold: off because of θ, not ReLU
+    on = z > theta * (1 + 1e-4)
+    assert off.float().mean() > 0.01 and on.float().mean() > 0.01  # the thresholds decide something here
+    assert bool((got["codes"][off] == 0).all()) and bool((got["codes"][on] > 0).all())
+    if arch != "jumprelu":
+        cfg = json.loads((Path(peers["saelens"][arch]) / saelens.CFG).read_text())
+        assert "inference-time conversion" in cfg["metadata"]["saekit_note"] and "k" not in cfg
+        back = saekit.load(peers["saelens"][arch])
+        assert back.cfg.architecture == arch and torch.equal(back.threshold, sae.threshold)
+        assert torch.equal(back.threshold_updates, sae.threshold_updates) and int(sae.threshold_updates) == 30
+
+
 @pytest.mark.parametrize("arch", SPARSIFY_EXPORTS)
 def test_sparsify_loads_saekit_export(peers, arch):
     res, got = result(peers, f"sparsify_load/{arch}")
@@ -91,6 +120,25 @@ def test_saekit_loads_sae_that_saelens_made(peers, name):
     assert close(codes, want["codes"], f"saekit loads SAELens-made {name}: codes")
     assert close(sae.decode(codes), want["recon"], f"saekit loads SAELens-made {name}: decode")
     assert (want["codes"] > 0).any()
+    if res["architecture"] == "jumprelu":  # SAELens's batchtopk is saved as jumprelu, so it is a jumprelu here
+        assert sae.cfg.architecture == "jumprelu"
+        z = sae.pre_activations(x).detach()
+        off = (z > 0) & (z < sae.threshold().detach() * (1 - 1e-4))
+        assert off.float().mean() > 0.01 and bool((want["codes"][off] == 0).all())
+
+
+def test_saelens_jumprelu_thresholds_at_or_below_zero_are_relu(peers, tmp_path):
+    """SAELens-made jumprelu latents 0-3 have θ ≤ 0: ReLU(z)·1[z > θ] = ReLU(z), kept through a saved saekit
+    SAE."""
+    res, want = result(peers, "saelens_make/jumprelu")
+    theta = load_file(str(Path(res["folder"]) / saelens.WEIGHTS))["threshold"]
+    assert bool((theta[:4] <= 0).all()) and bool((theta[4:] > 0).all())
+    sae = saekit.load(res["folder"])
+    sae.save(tmp_path / "sae")  # finite log θ, so saekit's own loader takes it back
+    again, x = saekit.load(tmp_path / "sae"), peers["x"]
+    z = again.pre_activations(x).detach()
+    torch.testing.assert_close(again.encode(x)[:, :4], z[:, :4].clamp_min(0), rtol=0, atol=0)
+    assert close(again.encode(x), want["codes"], "saekit-saved SAELens-made jumprelu: codes")
 
 
 def test_saekit_loads_coder_that_sparsify_made(peers):

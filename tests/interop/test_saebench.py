@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from peers import SAEBENCH_EXPORTS  # noqa: E402
 from sae_factories import tiny_sae  # noqa: E402
 
 from saekit.interop.saebench import SAEBenchSAE, as_saebench  # noqa: E402
@@ -63,7 +64,8 @@ def test_saebench_runs_its_own_code_on_the_adapter(peers):
         pytest.skip("sae_bench is not installed in the peer environment (it is large, so the test run does not "
                     "install it): bash benchmarks/setup_peers.sh --with-saebench")
     x = peers["x"]
-    for arch, sae in peers["ours"].items():
+    for arch in SAEBENCH_EXPORTS:
+        sae = peers["ours"][arch]
         res = results[f"saebench/{arch}"]
         assert "error" not in res, res.get("error")
         assert res["missing_cfg_fields"] == [] and res["hook_layer"] == 3

@@ -144,6 +144,8 @@ def export_main(argv: list[str]) -> None:
           f"{saelens.TO_SAELENS.get(sae.cfg.architecture) if cmd.format == 'saelens' else 'topk'}; {folded}{note})")
     if sae.cfg.architecture == "gradient_topk":
         print("note: the g-SAE is exported as a plain TopK SAE (inference without LM gradients, beta = 0)")
+    elif cmd.format == "saelens" and sae.cfg.architecture in saelens.NOTES:
+        print(f"note: {saelens.NOTES[sae.cfg.architecture]}")
 
 
 def data_dict(data: Any) -> dict[str, Any]:

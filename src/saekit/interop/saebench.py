@@ -92,8 +92,12 @@ class SAEBenchSAE(nn.Module):
                     dtype: torch.dtype = torch.float32) -> "SAEBenchSAE":
         """The adapter for a saekit SAE. SAEBench needs the model and hookpoint it was trained on:
         ``hook_name`` in TransformerLens naming (default ``blocks.{hook_layer}.hook_resid_post``)."""
+        from saekit.errors import SaekitError
         from saekit.interop.weights import fold
 
+        if sae.cfg.architecture not in ACTIVATION:  # before fold, which takes more architectures than this adapter
+            raise SaekitError(f"no SAEBench adapter for saekit's {sae.cfg.architecture!r} yet (supported: "
+                              f"{', '.join(ACTIVATION)})")
         f = fold(sae)
         layer = 0 if hook_layer is None else hook_layer
         tensors = {"W_enc": f.W_enc.T.contiguous(), "W_dec": f.W_dec, "b_dec": f.b_dec,

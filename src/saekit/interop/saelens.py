@@ -7,12 +7,29 @@ What SAELens's ``SAE.load_from_disk`` reads (sae_lens 6.x, ``saes/sae.py`` and t
 topk) and a free-form ``metadata`` dict (``sae_lens_version`` decides whether the pre-6.0 renames
 apply; ``model_name``, ``hook_name``, ... describe the hookpoint). The weights use SAELens's
 layout: ``W_enc`` is [d_in, d_sae] (saekit's transposed), ``W_dec`` [d_sae, d_in], ``b_dec``
-[d_in], and ``b_enc`` (standard, topk) or ``b_gate``, ``r_mag``, ``b_mag`` (gated). Encoding is
-``(x − b_dec·apply_b_dec_to_input) @ W_enc + b`` then the activation; decoding ``f @ W_dec + b_dec``.
-``sparsity.safetensors`` holds ``sparsity``: log10 of each latent's firing frequency (+1e-10).
+[d_in], and ``b_enc`` (standard, topk, jumprelu) or ``b_gate``, ``r_mag``, ``b_mag`` (gated), and
+``threshold`` [d_sae] (jumprelu). Encoding is ``(x − b_dec·apply_b_dec_to_input) @ W_enc + b`` then the
+activation; decoding ``f @ W_dec + b_dec``. JumpReLU's activation is ``ReLU(z) · 1[z > threshold]``
+(``saes/jumprelu_sae.py``), which is saekit's ``z · 1[z > θ]`` for every θ ≥ 0; it has no decoder-norm
+rescaling at inference (only ``fold_W_dec_norm`` on request, which rescales the threshold with b_enc).
+SAELens itself saves its trained BatchTopK and Matryoshka-BatchTopK SAEs as jumprelu with the global
+threshold in every latent. ``sparsity.safetensors`` holds ``sparsity``: log10 of each latent's firing
+frequency (+1e-10).
 
-saekit -> SAELens: relu -> standard, gated -> gated, topk -> topk, gradient_topk -> topk (gradient-free
-inference; said in the metadata). input_scale is folded into the weights (``saekit.interop.weights``).
+| saekit | SAELens | |
+|---|---|---|
+| relu | standard | |
+| gated | gated | |
+| topk | topk | |
+| gradient_topk | topk | gradient-free inference (β = 0), said in the metadata |
+| jumprelu | jumprelu | θ = exp(log θ) |
+| batchtopk, matryoshka | jumprelu | the global inference θ in every latent; an inference-time conversion |
+| gradient_batchtopk, gradient_matryoshka | jumprelu | likewise, and gradient-free (β = 0) |
+
+input_scale is folded into the weights (``saekit.interop.weights``); thresholds are in code units and do
+not change. Importing, SAELens's standard, gated, topk and jumprelu become relu, gated, topk and jumprelu
+(a jumprelu threshold ≤ 0 is stored as ``weights.TINY``: the same codes), unless ``metadata.saekit_cfg``
+names the saekit architecture the folder was exported from, which is then restored.
 """
 
 from __future__ import annotations
@@ -24,7 +41,7 @@ import torch
 from torch import Tensor
 
 from saekit.errors import SaekitError
-from saekit.interop.weights import Folded, check_finite, fold, unfold
+from saekit.interop.weights import GLOBAL, Folded, check_finite, fold, unfold
 from saekit.io import atomic_save_tensors, atomic_write_json, load_tensors, read_json
 from saekit.sae import SparseAutoencoder
 
@@ -32,10 +49,22 @@ CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
 SPARSITY = "sparsity.safetensors"
 SAELENS_VERSION = "6.0.0"  # the config layout written (>= 6.0: no pre-6 renames on load)
-TO_SAELENS = {"relu": "standard", "gated": "gated", "topk": "topk", "gradient_topk": "topk"}
+TO_SAELENS = {"relu": "standard", "gated": "gated", "topk": "topk", "gradient_topk": "topk", "jumprelu": "jumprelu",
+              **{arch: "jumprelu" for arch in GLOBAL}}
 GSAE_NOTE = ("saekit g-SAE (gradient TopK) exported as a plain TopK SAE: SAELens encodes without the LM "
              "gradient, which is the g-SAE's inference with beta = 0; saekit.load of this folder restores the "
              "gradient-aware selection (saekit_cfg)")
+BATCHTOPK_NOTE = ("saekit {arch} SAE exported as a JumpReLU SAE with its global inference threshold in every latent: "
+                  "an inference-time conversion (the same codes per token as saekit's inference; training's "
+                  "batch-wide top k*B selection{extra} is not represented); saekit.load of this folder restores "
+                  "the {arch} SAE (saekit_cfg)")
+NOTES = {"gradient_topk": GSAE_NOTE,
+         "batchtopk": BATCHTOPK_NOTE.format(arch="batchtopk", extra=""),
+         "matryoshka": BATCHTOPK_NOTE.format(arch="matryoshka", extra=" and the nested-prefix losses"),
+         "gradient_batchtopk": BATCHTOPK_NOTE.format(arch="gradient_batchtopk", extra=" and the LM gradient "
+                                                     "(inference with beta = 0)"),
+         "gradient_matryoshka": BATCHTOPK_NOTE.format(arch="gradient_matryoshka", extra=", the nested-prefix "
+                                                      "losses and the LM gradient (inference with beta = 0)")}
 
 
 def is_saelens_dir(path: Path) -> bool:
@@ -66,14 +95,18 @@ def export(sae: SparseAutoencoder, out: str | Path, *, frequency: Tensor | None 
         tensors["b_enc"] = f.b_enc
     if arch == "gated":
         tensors.update(b_gate=f.b_gate, r_mag=f.r_mag, b_mag=f.b_mag)
+    if f.threshold is not None:
+        tensors["threshold"] = f.threshold
     meta = {"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": None,
             "saekit_architecture": arch, "saekit_cfg": f.cfg, **(metadata or {})}
-    if arch == "gradient_topk":
-        meta["saekit_note"] = GSAE_NOTE
+    if f.threshold_updates is not None:
+        meta["saekit_threshold_updates"] = f.threshold_updates
+    if arch in NOTES:
+        meta["saekit_note"] = NOTES[arch]
     cfg: dict[str, Any] = {"architecture": TO_SAELENS[arch], "d_in": f.d_in, "d_sae": f.n_latents,
                            "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
                            "normalize_activations": "none", "reshape_activations": "none", "metadata": meta}
-    if f.k is not None:
+    if TO_SAELENS[arch] == "topk":
         cfg.update(k=f.k, rescale_acts_by_decoder_norm=False)
     atomic_save_tensors(out / WEIGHTS, tensors)
     if frequency is not None:
@@ -135,14 +168,32 @@ def load(path: str | Path) -> SparseAutoencoder:
         r_mag = _need(t, "r_mag", path)
         f = Folded("gated", W_enc, W_dec, b_dec, b_gate=_need(t, "b_gate", path) - shift, r_mag=r_mag,
                    b_mag=_need(t, "b_mag", path) - shift * r_mag.exp())
+    elif arch == "jumprelu":
+        f = _jumprelu(t, W_enc, W_dec, b_dec, shift, path, wanted, saekit_cfg, meta)
     else:
         raise SaekitError(f"{path}: SAELens architecture {arch!r} has no saekit equivalent yet "
-                          "(supported: standard, gated, topk)")
+                          "(supported: standard, gated, topk, jumprelu)")
     if saekit_cfg.get("architecture") == f.architecture:
         f.cfg = saekit_cfg
     elif arch == "standard" and isinstance(cfg.get("l1_coefficient"), (int, float)):
         f.cfg = {"l1_coeff": float(cfg["l1_coefficient"])}
     return unfold(f)
+
+
+def _jumprelu(t: dict[str, Tensor], W_enc: Tensor, W_dec: Tensor, b_dec: Tensor, shift: Tensor, path: Path,
+              wanted: Any, saekit_cfg: dict[str, Any], meta: dict[str, Any]) -> Folded:
+    """saekit's jumprelu, or the batchtopk-like SAE the folder was exported from when its metadata says so
+    and its thresholds are one value ≥ 0 (what such an export writes)."""
+    theta = _need(t, "threshold", path)
+    if tuple(theta.shape) != (W_dec.shape[0],):
+        raise SaekitError(f"{path / WEIGHTS}: threshold has shape {tuple(theta.shape)}, expected ({W_dec.shape[0]},)")
+    b_enc = _need(t, "b_enc", path) - shift
+    updates = meta.get("saekit_threshold_updates")
+    if wanted in GLOBAL and saekit_cfg.get("architecture") == wanted and bool((theta == theta[0]).all()) \
+            and float(theta[0]) >= 0:
+        return Folded(wanted, W_enc, W_dec, b_dec, b_enc=b_enc, threshold=theta,
+                      threshold_updates=updates if isinstance(updates, int) else None)
+    return Folded("jumprelu", W_enc, W_dec, b_dec, b_enc=b_enc, threshold=theta)
 
 
 def _need(t: dict[str, Tensor], key: str, path: Path) -> Tensor:

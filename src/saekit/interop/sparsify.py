@@ -9,7 +9,8 @@ plus ``d_in``. The weights are the module's state dict: ``encoder.weight`` [num_
 ``Σ top_acts · W_dec[top_indices] + b_dec``: the same codes as saekit's TopK.
 
 saekit -> sparsify: topk -> topk, gradient_topk -> topk (gradient-free inference; saekit's own keys in
-cfg.json say so). sparsify has no ReLU+L1 or Gated SAE.
+cfg.json say so). sparsify (1.3.3) has no ReLU+L1, Gated or JumpReLU SAE and no thresholded activation
+(``activation`` is topk or groupmax), so relu, gated, jumprelu, batchtopk and matryoshka go to SAELens only.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def export(sae: SparseAutoencoder, out: str | Path, extra: dict[str, Any] | None
     """Write ``sae`` as a sparsify folder; ``extra``: more keys for cfg.json (sparsify drops unknown keys)."""
     arch = sae.cfg.architecture
     if arch not in EXPORTABLE:
-        raise SaekitError(f"sparsify has TopK SAEs only; saekit's {arch!r} cannot be exported to it "
-                          "(use --format saelens)")
+        raise SaekitError(f"sparsify has TopK SAEs only, so saekit's {arch!r} cannot be exported to it "
+                          f"(exportable to sparsify: {', '.join(EXPORTABLE)}); use --format saelens")
     f = fold(sae)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
