@@ -8,6 +8,9 @@ BOS, a special token such as an end-of-sequence marker, nor padding), and ``torc
 gives dCE/d(activation). So the gradient a g-SAE trains with is the gradient of the loss it is
 evaluated on. Contexts are independent, so the gradient at a token equals the gradient of its own
 context's summed CE. Masked tokens are dropped after the forward.
+
+``autocast`` (lm.autocast): a float32 model on CUDA runs its forward under bf16 autocast
+(``saekit.data.autocast``); what is returned is float32 as always. No effect on the CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from saekit.data.autocast import model_autocast
 from saekit.data.hookpoints import Hookpoint, capture, run_captured
 from saekit.data.text import Context, collate
 
@@ -50,18 +54,19 @@ def next_token_ce(logits: Tensor, input_ids: Tensor, attention_mask: Tensor, mas
 
 
 def activations(model: nn.Module, hp: Hookpoint, input_ids: Tensor, attention_mask: Tensor,
-                stop_early: bool = True) -> Tensor:
+                stop_early: bool = True, autocast: bool = True) -> Tensor:
     """[B, T, d] activations without gradients."""
-    return run_captured(model, hp, input_ids, attention_mask, stop_early=stop_early)
+    with model_autocast(model, autocast):
+        return run_captured(model, hp, input_ids, attention_mask, stop_early=stop_early)
 
 
 def activations_and_grads(model: nn.Module, hp: Hookpoint, input_ids: Tensor, attention_mask: Tensor,
-                          mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                          mask: Tensor | None = None, autocast: bool = True) -> tuple[Tensor, Tensor]:
     """[B, T, d] activations and dCE/d(activations) from one full forward and backward.
 
     Pass the included-token ``mask`` (as ``harvest_batch`` does) for the CE the splice evaluates; see
-    ``next_token_ce``."""
-    with torch.enable_grad(), capture(hp, leaf=True) as got:
+    ``next_token_ce``. Under autocast only the forward is inside it (the backward follows its dtypes)."""
+    with torch.enable_grad(), capture(hp, leaf=True) as got, model_autocast(model, autocast):
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     acts = got["acts"]
     loss = next_token_ce(logits, input_ids, attention_mask, mask)
@@ -70,15 +75,15 @@ def activations_and_grads(model: nn.Module, hp: Hookpoint, input_ids: Tensor, at
 
 
 def harvest_batch(model: nn.Module, hp: Hookpoint, ctxs: list[Context], with_grads: bool = False,
-                  stop_early: bool = True) -> Harvested:
+                  stop_early: bool = True, autocast: bool = True) -> Harvested:
     """Unmasked activations (and gradients) of one model batch, as float32 rows on the CPU."""
     device = next(model.parameters()).device
     ids, attn, mask = collate(ctxs)
     ids, attn, keep = ids.to(device), attn.to(device), mask.to(device)
     if with_grads:
-        acts, grads = activations_and_grads(model, hp, ids, attn, keep)
+        acts, grads = activations_and_grads(model, hp, ids, attn, keep, autocast=autocast)
     else:
-        acts, grads = activations(model, hp, ids, attn, stop_early=stop_early), None
+        acts, grads = activations(model, hp, ids, attn, stop_early=stop_early, autocast=autocast), None
     out_acts = acts[keep].float().cpu()
     out_grads = grads[keep].float().cpu() if grads is not None else None
     return Harvested(out_acts, out_grads, len(ctxs))
@@ -114,14 +119,15 @@ class Throughput:
 
 def harvest(model: nn.Module, hp: Hookpoint, ctxs: Iterable[Context], batch_contexts: int = 16,
             with_grads: bool = False, stop_early: bool = True, progress: bool = True,
-            total_tokens: int | None = None, stats: Throughput | None = None) -> Iterator[Harvested]:
+            total_tokens: int | None = None, stats: Throughput | None = None,
+            autocast: bool = True) -> Iterator[Harvested]:
     """Harvest model batch by model batch; a tqdm bar shows tokens/s (tokens actually kept)."""
     stats = stats or Throughput()
     bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not progress, desc=f"harvest {hp.name}")
     try:
         for group in batched(ctxs, batch_contexts):
             t0 = time.perf_counter()
-            out = harvest_batch(model, hp, group, with_grads=with_grads, stop_early=stop_early)
+            out = harvest_batch(model, hp, group, with_grads=with_grads, stop_early=stop_early, autocast=autocast)
             stats.model_s += time.perf_counter() - t0
             stats.tokens += out.acts.shape[0]
             bar.update(out.acts.shape[0])
