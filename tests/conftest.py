@@ -11,6 +11,14 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 """cpu everywhere, cuda where torch sees a GPU: on a CPU-only machine a test only gains the [cpu] id."""
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the CUDA instances of ``device`` tests ``cuda``: `pytest -m cuda` runs exactly those."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("device") == "cuda":
+            item.add_marker(pytest.mark.cuda)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

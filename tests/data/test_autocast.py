@@ -24,7 +24,7 @@ def ctxs(tokenizer):
     return list(pack(tokenizer, DOCS, context_length=8))
 
 
-@pytest.mark.parametrize("device, dtype, enabled, bf16, want", [
+@pytest.mark.parametrize("where, dtype, enabled, bf16, want", [
     ("cuda", torch.float32, True, True, torch.bfloat16),  # the one case that autocasts
     ("cuda:1", torch.float32, True, True, torch.bfloat16),
     ("cuda", torch.float32, False, True, None),  # lm.autocast=false
@@ -33,8 +33,8 @@ def ctxs(tokenizer):
     ("cuda", torch.float32, True, False, None),  # a GPU without bf16
     ("cpu", torch.float32, True, True, None),
 ])
-def test_autocast_only_for_a_float32_model_on_cuda(device, dtype, enabled, bf16, want):
-    assert autocast_dtype(device, dtype, enabled, bf16_supported=bf16) is want
+def test_autocast_only_for_a_float32_model_on_cuda(where, dtype, enabled, bf16, want):
+    assert autocast_dtype(where, dtype, enabled, bf16_supported=bf16) is want
 
 
 def test_cpu_harvest_is_bit_for_bit_the_same_with_autocast_on_and_off(tiny_model, ctxs):
