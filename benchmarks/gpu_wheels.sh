@@ -5,6 +5,7 @@
 # datasets, and SAELens + sparsify with what they import. Versions are those of .venv (saekit) and
 # benchmarks/.venv-peers (peers), so the GPU runs the peer versions the CPU numbers were measured with.
 # Wheels are for CPython 3.12 on x86-64 (the image's python3), installed there with --no-deps.
+# Wheels only for the names given here (--no-deps): a peer upgrade that imports something new needs it added.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -25,8 +26,9 @@ print(f"{sys.argv[1]}=={md.version(sys.argv[1])}")
 PY
 }
 specs=()
-for n in "${SAEKIT[@]}"; do specs+=("$(pin .venv/bin/python "$n")"); done
-peers=benchmarks/.venv-peers/bin/python
+saekit="${SAEKIT_PYTHON:-.venv/bin/python}"  # a worktree without its own venvs can point at the main checkout's
+peers="${PEERS_PYTHON:-benchmarks/.venv-peers/bin/python}"
+for n in "${SAEKIT[@]}"; do specs+=("$(pin "$saekit" "$n")"); done
 [[ -x $peers ]] || { echo "benchmarks/.venv-peers missing: run benchmarks/setup_peers.sh first" >&2; exit 1; }
 for n in "${PEERS[@]}"; do specs+=("$(pin "$peers" "$n")"); done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
