@@ -8,19 +8,19 @@ from saekit.errors import SaekitError
 from saekit.sae import build_sae
 
 
-def pair(beta=0.0, **kw):
+def pair(beta=0.0, device="cpu", **kw):
     base = {"d_in": 6, "n_latents": 12, "k": 3, **kw}
     topk = build_sae(SAEConfig(architecture="topk", **base), seed=3)
     gsae = build_sae(SAEConfig(architecture="gradient_topk", beta=beta, **base), seed=3)
     gsae.load_state_dict(topk.state_dict())
-    return topk, gsae
+    return topk.to(device), gsae.to(device)
 
 
 @pytest.mark.parametrize("kernels", ["dense", "sparse"])
-def test_beta_zero_is_topk_bit_for_bit(kernels):
-    topk, gsae = pair(0.0, kernels=kernels)
-    x, g = torch.randn(40, 6), torch.randn(40, 6)
-    dead = torch.zeros(12, dtype=torch.bool)
+def test_beta_zero_is_topk_bit_for_bit(kernels, device):
+    topk, gsae = pair(0.0, device, kernels=kernels)
+    x, g = torch.randn(40, 6).to(device), torch.randn(40, 6).to(device)
+    dead = torch.zeros(12, dtype=torch.bool, device=device)
     dead[:5] = True
     a = topk.loss(x, dead_mask=dead)
     b = gsae.loss(x, dead_mask=dead, grad=g)
@@ -32,36 +32,36 @@ def test_beta_zero_is_topk_bit_for_bit(kernels):
     assert torch.equal(topk.encode(x), gsae.encode(x, g))
 
 
-def test_large_gradient_along_an_atom_wins_over_a_slightly_larger_z():
-    _, gsae = pair(1.0, k=1)
+def test_large_gradient_along_an_atom_wins_over_a_slightly_larger_z(device):
+    _, gsae = pair(1.0, device, k=1)
     with torch.no_grad():
         gsae.W_dec.copy_(torch.eye(12, 6) + torch.eye(12, 6).roll(6, 0))  # atoms e_0..e_5 twice
         gsae.W_enc.zero_()
         gsae.b_enc.zero_()
         gsae.b_enc[0], gsae.b_enc[1] = 1.05, 1.0  # latent 0 has the larger z
         gsae.b_dec.zero_()
-    x = torch.zeros(1, 6)
+    x = torch.zeros(1, 6, device=device)
     assert gsae.encode(x).nonzero()[:, 1].tolist() == [0]  # without gradients: plain TopK picks latent 0
-    g = torch.zeros(1, 6)
+    g = torch.zeros(1, 6, device=device)
     g[0, 1] = 5.0  # the loss is sensitive along latent 1's atom
     f = gsae.encode(x, g)
     assert f.nonzero()[:, 1].tolist() == [1]
     assert f[0, 1].item() == 1.0  # kept with its value z, not the score
 
 
-def test_exactly_k_latents_active_with_gradients():
-    _, gsae = pair(2.0, k=4)
+def test_exactly_k_latents_active_with_gradients(device):
+    _, gsae = pair(2.0, device, k=4)
     with torch.no_grad():
         gsae.b_enc.fill_(50.0)
-    f = gsae.encode(torch.randn(30, 6), torch.randn(30, 6))
-    assert torch.equal((f != 0).sum(dim=1), torch.full((30,), 4))
+    f = gsae.encode(torch.randn(30, 6).to(device), torch.randn(30, 6).to(device))
+    assert torch.equal((f != 0).sum(dim=1).cpu(), torch.full((30,), 4))
 
 
-def test_sparse_and_dense_paths_agree_with_gradients():
-    _, dense = pair(1.5, kernels="dense")
-    _, sparse = pair(1.5, kernels="sparse")
+def test_sparse_and_dense_paths_agree_with_gradients(device):
+    _, dense = pair(1.5, device, kernels="dense")
+    _, sparse = pair(1.5, device, kernels="sparse")
     sparse.load_state_dict(dense.state_dict())
-    x, g = torch.randn(64, 6), torch.randn(64, 6)
+    x, g = torch.randn(64, 6).to(device), torch.randn(64, 6).to(device)
     a, b = dense.loss(x, grad=g), sparse.loss(x, grad=g)
     assert torch.allclose(a.loss, b.loss, atol=1e-6) and torch.equal(a.codes != 0, b.codes != 0)
     a.loss.backward()
@@ -93,12 +93,12 @@ def test_training_without_gradients_is_a_clear_error(tmp_path):
         train(cfg)
 
 
-def test_selection_scores_follow_the_definition():
+def test_selection_scores_follow_the_definition(device):
     """s_i = z_i (1 + β |d_i · g| / grad_scale); where z_i > 0 this is the paper's ReLU(z_i)(…)."""
-    _, gsae = pair(3.0, k=2)
+    _, gsae = pair(3.0, device, k=2)
     gsae.cfg = dataclasses.replace(gsae.cfg, grad_scale=2.5)
     gen = torch.Generator().manual_seed(7)
-    z, g = torch.randn(9, 12, generator=gen), torch.randn(9, 6, generator=gen)
+    z, g = torch.randn(9, 12, generator=gen).to(device), torch.randn(9, 6, generator=gen).to(device)
     want = z * (1 + 3.0 * (g @ gsae.W_dec.detach().T).abs() / 2.5)
     torch.testing.assert_close(gsae._scores(z, g).clone(), want)
     z_before = z.clone()

@@ -176,6 +176,9 @@ class LMConfig:
     """Device for the language model."""
     dtype: str = "float32"
     """Model dtype (float32 on CPU; bfloat16/float16 on GPU)."""
+    autocast: bool = True
+    """A float32 model on CUDA runs its forward under bf16 autocast (activations and gradients are stored
+    as before, the SAE stays fp32); no effect on CPU or for a float16/bfloat16 model."""
 
     def validate(self, where: str = "lm") -> None:
         check_numbers(self, where)

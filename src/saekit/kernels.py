@@ -112,7 +112,7 @@ class Pattern:
         a block of rows at a time (no full-size mask)."""
         n, m = z.shape
         blocks = ((slice(i, min(i + chunk, n)), z[i:i + chunk]) for i in range(0, n, chunk))
-        return entries_above(blocks, threshold, n, m)[0]
+        return entries_above(blocks, threshold, n, m, device=z.device)[0]
 
     @staticmethod
     def from_rows(rows: Tensor, cols: Tensor, n_rows: int, n_cols: int) -> "Pattern":
@@ -145,9 +145,9 @@ class Pattern:
 
 @torch.no_grad()
 def entries_above(chunks: Iterable[tuple[slice, Tensor]], threshold: Tensor | float,
-                  n_rows: int, n_cols: int) -> tuple[Pattern, Tensor]:
+                  n_rows: int, n_cols: int, device: torch.device | str | None = None) -> tuple[Pattern, Tensor]:
     """The entries above ``threshold`` (scalar or per column) of a matrix given as row chunks
-    (rows, z[rows]) in order, and their values."""
+    (rows, z[rows]) in order, and their values. ``device``: where an empty result (no chunks) lives."""
     rows, cols, values = [], [], []
     for r, z in chunks:
         i, j, v = _entries_of_chunk(z, threshold)
@@ -155,8 +155,8 @@ def entries_above(chunks: Iterable[tuple[slice, Tensor]], threshold: Tensor | fl
         cols.append(j)
         values.append(v)
     if not rows:
-        empty = torch.zeros(0, dtype=torch.long)
-        return Pattern.from_rows(empty, empty, n_rows, n_cols), torch.zeros(0)
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return Pattern.from_rows(empty, empty, n_rows, n_cols), torch.zeros(0, device=device)
     return Pattern.from_rows(torch.cat(rows), torch.cat(cols), n_rows, n_cols), torch.cat(values)
 
 
@@ -184,23 +184,43 @@ def _entries_of_chunk(z: Tensor, threshold: Tensor | float) -> tuple[Tensor, Ten
 
 def spmm(values: Tensor, p: Pattern, weight: Tensor) -> Tensor:
     """[n_rows, d] = S @ weight with S the sparse [n_rows, n_cols] matrix (p, values); gathers only used rows."""
+    if p.nnz == 0:  # nothing to gather: no empty embedding_bag on any device
+        return weight.new_zeros((p.n_rows, weight.shape[1]))
     return F.embedding_bag(p.cols, weight, p.offsets, mode="sum", per_sample_weights=values)
 
 
 def spmm_t(values: Tensor, p: Pattern, dense: Tensor) -> Tensor:
     """[n_cols, d] = S^T @ dense: for each latent, the weighted sum of the tokens that selected it."""
+    if p.nnz == 0:
+        return dense.new_zeros((p.n_cols, dense.shape[1]))
     order, rows_sorted, offsets = p.by_col()
     return F.embedding_bag(rows_sorted, dense, offsets, mode="sum", per_sample_weights=values[order])
 
 
 def sddmm(p: Pattern, a: Tensor, b: Tensor) -> Tensor:
-    """[nnz] = (a @ b^T)[rows, cols]: one dot product per active entry (a [n_rows, d], b [n_cols, d])."""
+    """[nnz] = (a @ b^T)[rows, cols]: one dot product per active entry (a [n_rows, d], b [n_cols, d]).
+
+    On CPU through torch's CSR sampled_addmm; elsewhere by ``sddmm_gather``, a plain gather and
+    row sum that every device runs and that is tested on CPU (cuSPARSE's SDDMM is not relied on)."""
     if p.nnz == 0:
         return a.new_zeros(0)
+    if a.device.type != "cpu":
+        return sddmm_gather(p, a, b)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
         s = torch.sparse_csr_tensor(p.crow(), p.cols, a.new_zeros(p.nnz), (p.n_rows, p.n_cols))
         return torch.sparse.sampled_addmm(s, a, b.T, beta=0.0).values()
+
+
+def sddmm_gather(p: Pattern, a: Tensor, b: Tensor) -> Tensor:
+    """sddmm as Σ_j a[rows, j] b[cols, j], CHUNK_ELEMENTS gathered entries at a time (bounded memory)."""
+    out = a.new_empty(p.nnz)
+    step = max(1, CHUNK_ELEMENTS // max(a.shape[1], 1))
+    for start in range(0, p.nnz, step):
+        part = slice(start, min(start + step, p.nnz))
+        rows, cols = p.rows[part], p.cols[part]
+        out[part] = (a.index_select(0, rows) * b.index_select(0, cols)).sum(dim=1)
+    return out
 
 
 class _Decode(torch.autograd.Function):

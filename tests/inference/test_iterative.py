@@ -18,13 +18,15 @@ from saekit.inference import (fista, gradient_pursuit, ista, lipschitz, matching
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 
 
-def _problem(seed: int = 0, n: int = 12, d: int = 6, batch: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _problem(seed: int = 0, n: int = 12, d: int = 6, batch: int = 5,
+             device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Drawn on the CPU (the same problem on every device), then moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(n, d, generator=g, dtype=torch.float64)
     W = W / W.norm(dim=1, keepdim=True)
     b = 0.1 * torch.randn(d, generator=g, dtype=torch.float64)
     codes = torch.rand(batch, n, generator=g, dtype=torch.float64) * (torch.rand(batch, n, generator=g) < 0.3)
-    return codes @ W + b, W, b
+    return (codes @ W + b).to(device), W.to(device), b.to(device)
 
 
 def _sklearn_codes(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, l1: float) -> np.ndarray:
@@ -51,8 +53,8 @@ def test_matches_sklearn_nonnegative_lasso(solver) -> None:
     assert torch.allclose(res.codes, ref, atol=1e-4)
 
 
-def test_fista_needs_fewer_iterations_than_ista() -> None:
-    x, W, b = _problem(seed=1, n=12, d=6, batch=8)
+def test_fista_needs_fewer_iterations_than_ista(device) -> None:
+    x, W, b = _problem(seed=1, n=12, d=6, batch=8, device=device)
     kw = dict(l1=0.02, max_iters=100_000, tol=1e-8)
     a, f = ista(x, W, b, **kw), fista(x, W, b, **kw)
     plain = fista(x, W, b, restart=False, **kw)
@@ -61,15 +63,15 @@ def test_fista_needs_fewer_iterations_than_ista() -> None:
     assert torch.allclose(a.codes, f.codes, atol=1e-4)
 
 
-def test_warm_start_from_the_optimum_stops_at_once() -> None:
-    x, W, b = _problem(seed=2)
+def test_warm_start_from_the_optimum_stops_at_once(device) -> None:
+    x, W, b = _problem(seed=2, device=device)
     opt = fista(x, W, b, l1=0.05, max_iters=50_000, tol=1e-11).codes
     again = fista(x, W, b, l1=0.05, max_iters=50_000, tol=1e-8, init=opt)
     assert again.n_iters <= 2
 
 
-def test_not_converging_warns_and_returns() -> None:
-    x, W, b = _problem(seed=3)
+def test_not_converging_warns_and_returns(device) -> None:
+    x, W, b = _problem(seed=3, device=device)
     with pytest.warns(RuntimeWarning, match="did not converge"):
         res = ista(x, W, b, l1=0.01, max_iters=3, tol=1e-12)
     assert res.n_iters == 3 and not res.converged
@@ -81,19 +83,20 @@ def test_lipschitz_is_largest_eigenvalue() -> None:
 
 
 @pytest.mark.parametrize("pursuit", [matching_pursuit, gradient_pursuit, orthogonal_matching_pursuit])
-def test_pursuit_recovers_exact_codes_on_orthonormal_dictionary(pursuit) -> None:
+def test_pursuit_recovers_exact_codes_on_orthonormal_dictionary(pursuit, device) -> None:
     g = torch.Generator().manual_seed(0)
     Q, _ = torch.linalg.qr(torch.randn(10, 10, generator=g, dtype=torch.float64))
     codes = torch.zeros(32, 10, dtype=torch.float64)
     idx = torch.rand(32, 10, generator=g).topk(3, dim=1).indices
     codes.scatter_(1, idx, torch.rand(32, 3, generator=g, dtype=torch.float64) + 0.5)
+    codes, Q = codes.to(device), Q.to(device)
     out = pursuit(codes @ Q, Q, k=3)
     assert torch.allclose(out, codes, atol=1e-10)
     assert ((out > 0).sum(dim=1) == 3).all()
 
 
 @pytest.mark.parametrize("pursuit", [matching_pursuit, gradient_pursuit, orthogonal_matching_pursuit])
-def test_pursuit_recovers_known_sparse_codes_on_an_overcomplete_dictionary(pursuit) -> None:
+def test_pursuit_recovers_known_sparse_codes_on_an_overcomplete_dictionary(pursuit, device) -> None:
     """48 random unit atoms in R^24 (2x overcomplete, coherence 0.57), 3 active atoms per sample with
     magnitudes in [0.5, 1.5]: every method finds the true support of nearly every sample; OMP, which
     refits the support by least squares, also the exact magnitudes."""
@@ -103,23 +106,25 @@ def test_pursuit_recovers_known_sparse_codes_on_an_overcomplete_dictionary(pursu
     codes = torch.zeros(200, 48, dtype=torch.float64)
     idx = torch.rand(200, 48, generator=g).topk(3, dim=1).indices
     codes.scatter_(1, idx, torch.rand(200, 3, generator=g, dtype=torch.float64) + 0.5)
+    codes, W = codes.to(device), W.to(device)
     out = pursuit(codes @ W, W, k=3)
     assert ((out > 0).sum(dim=1) <= 3).all()
     same_support = ((out > 1e-9) == (codes > 0)).all(dim=1).float().mean().item()
     assert same_support >= 0.95  # measured 0.985 (MP, GP) and 0.99 (OMP)
-    assert code_mcc(codes, out) >= 0.95
+    assert code_mcc(codes.cpu(), out.cpu()) >= 0.95
     if pursuit is orthogonal_matching_pursuit:
         exact = (out - codes).abs().amax(dim=1).lt(1e-8).float().mean().item()
         assert exact >= 0.95
 
 
-def test_ito_on_true_dictionary_recovers_codes() -> None:
+def test_ito_on_true_dictionary_recovers_codes(device) -> None:
     truth = GroundTruth(SyntheticConfig(n_features=16, d=8, k=3, seed=0))
     x, codes = truth.sample(512, torch.Generator().manual_seed(1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        res = fista(x, truth.dictionary, l1=0.05, max_iters=5000, tol=1e-5)
-    assert code_mcc(codes, res.codes) >= 0.9
+        res = fista(x.to(device), truth.dictionary.to(device), l1=0.05, max_iters=5000, tol=1e-5)
+    assert res.codes.device.type == device
+    assert code_mcc(codes, res.codes.cpu()) >= 0.9
 
 
 @pytest.mark.parametrize("W, match", [

@@ -16,10 +16,10 @@ from saekit.inference.mlp import MLPEncoder, TrainSettings, train_frozen_diction
 from sae_factories import tiny_sae
 
 
-def test_frozen_dictionary_reproduces_the_sae() -> None:
-    sae = tiny_sae("gated", d_in=8, n_latents=24, input_scale=0.37)
+def test_frozen_dictionary_reproduces_the_sae(device) -> None:
+    sae = tiny_sae("gated", d_in=8, n_latents=24, input_scale=0.37).to(device)
     D = FrozenDictionary.from_sae(sae)
-    x = 3 * torch.randn(50, 8)
+    x = 3 * torch.randn(50, 8).to(device)
     x_hat, f = D.reconstructor(sae.encode_scaled)(x)
     ref_hat, ref_f = sae(x)
     assert torch.allclose(f, ref_f) and torch.allclose(x_hat, ref_hat, atol=1e-6)
@@ -27,7 +27,7 @@ def test_frozen_dictionary_reproduces_the_sae() -> None:
     assert torch.allclose(D.decode(f), sae.decode(f), atol=1e-6)
 
 
-def test_splicing_a_reconstruct_callable_matches_the_sae() -> None:
+def test_splicing_a_reconstruct_callable_matches_the_sae(device) -> None:
     """evaluate_splice takes any callable x -> (x̂, f); the frozen-dictionary path of the SAE's own encoder
     must give the SAE's numbers exactly (same tokens, same CE, KL, FVU, L0)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -39,14 +39,14 @@ def test_splicing_a_reconstruct_callable_matches_the_sae() -> None:
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=32, bos_token_id=1, eos_token_id=2, pad_token_id=3)
-    model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
+    model = LlamaForCausalLM(cfg).eval().requires_grad_(False).to(device)  # on CUDA: under bf16 autocast
     gen = torch.Generator().manual_seed(1)
     ctxs = []
     for i in range(4):
         ids = torch.cat([torch.tensor([1]), torch.randint(4, 40, (15,), generator=gen)])
         attn = torch.ones(16, dtype=torch.long)
         ctxs.append(Context(i, ids, attn, ids != 1))  # BOS keeps its clean activation
-    sae = tiny_sae("gated", d_in=16, n_latents=48, input_scale=0.5)
+    sae = tiny_sae("gated", d_in=16, n_latents=48, input_scale=0.5).to(device)
     D = FrozenDictionary.from_sae(sae)
     hp = resolve_hookpoint(model, "resid_post.0")
     res = evaluate_splice(model, hp, {"sae": sae, "frozen": D.reconstructor(sae.encode_scaled)}, ctxs,
@@ -64,9 +64,9 @@ def problem() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x, truth.dictionary, codes
 
 
-def test_nnls_refit_keeps_support_and_lowers_the_error(problem) -> None:
-    x, W, _ = problem
-    b = 0.1 * torch.randn(W.shape[1])
+def test_nnls_refit_keeps_support_and_lowers_the_error(problem, device) -> None:
+    x, W = (t.to(device) for t in problem[:2])
+    b = 0.1 * torch.randn(W.shape[1]).to(device)
     xb = x + b
     r = fista(xb, W, b, l1=0.3, max_iters=2000, tol=1e-7)
     q = nnls_on_support(xb, W, b, r.codes, max_iters=3000, tol=1e-6, chunk=64)
@@ -82,12 +82,12 @@ def test_nnls_refit_keeps_support_and_lowers_the_error(problem) -> None:
     assert torch.allclose(q.codes[i, sup], ls, atol=1e-4)
 
 
-def test_nnls_refit_errors_and_empty_rows(problem) -> None:
-    x, W, _ = problem
-    zero = torch.zeros(3, W.shape[0])
+def test_nnls_refit_errors_and_empty_rows(problem, device) -> None:
+    x, W = (t.to(device) for t in problem[:2])
+    zero = torch.zeros(3, W.shape[0], device=device)
     assert (nnls_on_support(x[:3], W, None, zero).codes == 0).all()
     with pytest.raises(SaekitError, match="codes must have shape"):
-        nnls_on_support(x[:3], W, None, torch.zeros(2, W.shape[0]))
+        nnls_on_support(x[:3], W, None, torch.zeros(2, W.shape[0], device=device))
 
 
 def test_mlp_on_a_frozen_dictionary_beats_its_untrained_self(problem) -> None:

@@ -65,41 +65,45 @@ def _fvu(enc: MLPEncoder, dic: Dictionary, x: torch.Tensor) -> float:
     return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
 
-def test_joint_learns_and_keeps_unit_atoms_and_fixed_bias(data) -> None:
-    _, x, _ = data
+def test_joint_learns_and_keeps_unit_atoms_and_fixed_bias(data, device) -> None:
+    x = data[1].to(device)
     torch.manual_seed(0)
     enc, dic = MLPEncoder(6, 8, []), Dictionary(8, 6)
     dic.reset_random(torch.Generator().manual_seed(0))
     enc.tie_to(dic.W_dec.detach())
+    enc, dic = enc.to(device), dic.to(device)
     untrained = _fvu(enc, dic, x)  # the tied random start: about 0.7
     res = train_joint(enc, dic, x, TrainSettings(steps=200, lr=3e-3, l1=0.05, batch_size=64))
     trained = _fvu(enc, dic, x)  # about 0.1
     assert trained < 0.25 and trained < untrained - 0.4
     assert res.final_loss < untrained * float((x - x.mean(0)).pow(2).sum(1).mean())
-    assert torch.allclose(dic.atom_norms(), torch.ones(8), atol=1e-5)
-    assert torch.equal(dic.b_dec.detach(), torch.zeros(6))
+    assert torch.allclose(dic.atom_norms(), torch.ones(8, device=device), atol=1e-5)
+    assert torch.equal(dic.b_dec.detach(), torch.zeros(6, device=device))
     with pytest.raises(SaekitError, match="does not fit"):
-        train_joint(MLPEncoder(6, 9, []), dic, x, TrainSettings(steps=1))
+        train_joint(MLPEncoder(6, 9, []).to(device), dic, x, TrainSettings(steps=1))
 
 
-def test_sparse_coding_recovers_small_dictionary(data) -> None:
+def test_sparse_coding_recovers_small_dictionary(data, device) -> None:
     truth, x, codes = data
-    res = sparse_coding.learn(x, 8, sparse_coding.SCSettings(rounds=100, code_iters=30, l1=0.1))
-    assert torch.allclose(res.dictionary.norm(dim=1), torch.ones(8, dtype=res.dictionary.dtype), atol=1e-6)
-    assert dictionary_mcc(truth.dictionary, res.dictionary) > 0.9
-    test = sparse_coding.infer(x, res.dictionary, 0.1)
+    res = sparse_coding.learn(x.to(device), 8, sparse_coding.SCSettings(rounds=100, code_iters=30, l1=0.1))
+    assert res.dictionary.device.type == device
+    dictionary = res.dictionary.cpu()
+    assert torch.allclose(dictionary.norm(dim=1), torch.ones(8, dtype=dictionary.dtype), atol=1e-6)
+    assert dictionary_mcc(truth.dictionary, dictionary) > 0.9
+    test = sparse_coding.infer(x, dictionary, 0.1)
     assert code_mcc(codes, test.codes) > 0.9
     assert res.train_flops > 0 and len(res.code_iters) == 100
     with pytest.raises(SaekitError):
         sparse_coding.learn(x, 0)
 
 
-def test_mlp_started_from_a_linear_encoder_is_that_encoder() -> None:
+def test_mlp_started_from_a_linear_encoder_is_that_encoder(device) -> None:
     gen = torch.Generator().manual_seed(5)
     W, b, b_in = torch.randn(16, 8, generator=gen), torch.randn(16, generator=gen), torch.randn(8, generator=gen)
-    enc = MLPEncoder(8, 16, [16])
+    W, b, b_in = W.to(device), b.to(device), b_in.to(device)
+    enc = MLPEncoder(8, 16, [16]).to(device)
     enc.start_from_linear(W, b, b_in)
-    x = torch.randn(40, 8, generator=gen)
+    x = torch.randn(40, 8, generator=gen).to(device)
     torch.testing.assert_close(enc(x), ((x - b_in) @ W.T + b).relu())
     with pytest.raises(SaekitError, match="2d"):
         MLPEncoder(8, 16, [12]).start_from_linear(W, b)

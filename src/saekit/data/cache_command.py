@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from saekit import cliparse
 from saekit.config import LMConfig
+from saekit.data.autocast import model_autocast_dtype
 from saekit.data.harvest import harvest
 from saekit.data.hookpoints import resolve_hookpoint
 from saekit.data.models import load_model
@@ -53,12 +54,17 @@ class CacheConfig:
     """Show a progress bar with tokens/s."""
 
 
-def _meta(cfg: CacheConfig, split: str, shard_contexts: int) -> dict[str, Any]:
+def _meta(cfg: CacheConfig, split: str, shard_contexts: int, autocast: torch.dtype | None = None) -> dict[str, Any]:
+    """The store's description. ``autocast``: the dtype the forward autocast to, recorded only when there
+    was one (so a CPU or half-precision store's manifest is what it always was, and still resumes)."""
     lm = cfg.lm
-    return {"model": lm.model, "hookpoint": lm.hookpoint, "corpus": lm.corpus, "text_column": lm.text_column,
+    meta = {"model": lm.model, "hookpoint": lm.hookpoint, "corpus": lm.corpus, "text_column": lm.text_column,
             "context_length": lm.context_length, "eval_fraction": lm.eval_fraction, "split": split,
             "with_grads": lm.with_grads, "max_tokens": cfg.max_tokens, "shard_contexts": shard_contexts,
             "model_dtype": lm.dtype}
+    if autocast is not None:
+        meta["model_autocast"] = str(autocast).removeprefix("torch.")
+    return meta
 
 
 def cache(cfg: CacheConfig, model: Any = None, tokenizer: Any = None) -> list[Path]:
@@ -94,7 +100,8 @@ def _cache(cfg: CacheConfig, model: Any, tokenizer: Any) -> list[Path]:
                 target = path.with_name(f".{split}.new.tmp")
                 shutil.rmtree(target, ignore_errors=True)
                 swaps.append((target, path))
-            writer = StoreWriter(target, _meta(cfg, split, shard_contexts), fp16=cfg.fp16, grads_fp16=cfg.grads_fp16)
+            meta = _meta(cfg, split, shard_contexts, model_autocast_dtype(model, lm.autocast))
+            writer = StoreWriter(target, meta, fp16=cfg.fp16, grads_fp16=cfg.grads_fp16)
             if not writer.complete:
                 _fill(cfg, writer, model, tokenizer, hp, split, shard_contexts)
             m = writer.manifest
@@ -135,7 +142,8 @@ def _harvest_into(cfg: CacheConfig, writer: StoreWriter, model: Any, tokenizer: 
                 break
             left = cfg.max_tokens - writer.total_tokens if cfg.max_tokens else None
             parts, kept = [], 0
-            for part in harvest(model, hp, group, lm.model_batch_contexts, with_grads=lm.with_grads, progress=False):
+            for part in harvest(model, hp, group, lm.model_batch_contexts, with_grads=lm.with_grads, progress=False,
+                                autocast=lm.autocast):
                 parts.append(part)
                 kept += part.acts.shape[0]
                 if left is not None and kept >= left:

@@ -16,6 +16,9 @@ formula instead of autograd's), without materialising, copying and zero-filling 
 batch x vocab tensors. Used where the logits are exactly ``lm_head(last hidden state)``, which is
 checked numerically against the model's own logits on the first batch of each model; anything
 else (soft-capped or scaled logits, an unusual head) takes the plain path.
+
+``autocast`` (lm.autocast): a float32 model on CUDA runs its forward under bf16 autocast
+(``saekit.data.autocast``); what is returned is float32 as always. No effect on the CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from saekit.data.autocast import model_autocast
 from saekit.data.hookpoints import Hookpoint, capture, run_captured
 from saekit.data.text import Context, collate
 
@@ -55,9 +59,10 @@ def next_token_ce(logits: Tensor, input_ids: Tensor, attention_mask: Tensor, mas
 
 
 def activations(model: nn.Module, hp: Hookpoint, input_ids: Tensor, attention_mask: Tensor,
-                stop_early: bool = True) -> Tensor:
+                stop_early: bool = True, autocast: bool = True) -> Tensor:
     """[B, T, d] activations without gradients."""
-    return run_captured(model, hp, input_ids, attention_mask, stop_early=stop_early)
+    with model_autocast(model, autocast):
+        return run_captured(model, hp, input_ids, attention_mask, stop_early=stop_early)
 
 
 def counted_targets(input_ids: Tensor, attention_mask: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -106,8 +111,8 @@ def _loss_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     return backbone, head
 
 
-def _plain_activations_and_grads(model, hp, input_ids, attention_mask, mask):
-    with torch.enable_grad(), capture(hp, leaf=True) as got:
+def _plain_activations_and_grads(model, hp, input_ids, attention_mask, mask, autocast=True):
+    with torch.enable_grad(), capture(hp, leaf=True) as got, model_autocast(model, autocast):
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     acts = got["acts"]
     loss = next_token_ce(logits, input_ids, attention_mask, mask)
@@ -115,29 +120,30 @@ def _plain_activations_and_grads(model, hp, input_ids, attention_mask, mask):
     return acts.detach(), grads, loss.detach()
 
 
-def _fused_activations_and_grads(model, hp, input_ids, attention_mask, mask):
+def _fused_activations_and_grads(model, hp, input_ids, attention_mask, mask, autocast=True):
     backbone, head = _loss_head(model)  # type: ignore[misc]
-    with torch.enable_grad(), capture(hp, leaf=True) as got:
+    with torch.enable_grad(), capture(hp, leaf=True) as got, model_autocast(model, autocast):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     acts = got["acts"]
     counted, targets = counted_targets(input_ids, attention_mask, mask)
     rows = hidden[:, :-1][counted]  # [N, d], the positions whose prediction counts
-    loss, d_rows = fused_ce_grad(rows.detach(), head.weight, head.bias, targets[counted])
-    (grads,) = torch.autograd.grad(rows, acts, grad_outputs=d_rows)
+    with model_autocast(model, autocast):  # the head's matmuls as the plain path's lm_head runs them
+        loss, d_rows = fused_ce_grad(rows.detach().to(head.weight.dtype), head.weight, head.bias, targets[counted])
+    (grads,) = torch.autograd.grad(rows, acts, grad_outputs=d_rows.to(rows.dtype))
     return acts.detach(), grads, loss
 
 
 _FUSED_OK: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 
-def _fused_matches(model, hp, input_ids, attention_mask, mask) -> bool:
+def _fused_matches(model, hp, input_ids, attention_mask, mask, autocast=True) -> bool:
     """Whether the fused head gives this model's loss and gradient (checked once per model)."""
     if model not in _FUSED_OK:
         ok = False
         if _loss_head(model) is not None:
             try:
-                a0, g0, l0 = _plain_activations_and_grads(model, hp, input_ids, attention_mask, mask)
-                a1, g1, l1 = _fused_activations_and_grads(model, hp, input_ids, attention_mask, mask)
+                a0, g0, l0 = _plain_activations_and_grads(model, hp, input_ids, attention_mask, mask, autocast)
+                a1, g1, l1 = _fused_activations_and_grads(model, hp, input_ids, attention_mask, mask, autocast)
                 ok = (torch.allclose(l0, l1, rtol=1e-4, atol=1e-4) and torch.equal(a0, a1)
                       and torch.allclose(g0, g1, rtol=1e-3, atol=1e-3 * float(g0.abs().max()) + 1e-12))
             except (AttributeError, TypeError, ValueError, RuntimeError):
@@ -147,31 +153,33 @@ def _fused_matches(model, hp, input_ids, attention_mask, mask) -> bool:
 
 
 def activations_and_grads(model: nn.Module, hp: Hookpoint, input_ids: Tensor, attention_mask: Tensor,
-                          mask: Tensor | None = None, fused: bool | None = None) -> tuple[Tensor, Tensor]:
+                          mask: Tensor | None = None, fused: bool | None = None,
+                          autocast: bool = True) -> tuple[Tensor, Tensor]:
     """[B, T, d] activations and dCE/d(activations) from one full forward and backward.
 
     Pass the included-token ``mask`` (as ``harvest_batch`` does) for the CE the splice evaluates; see
     ``next_token_ce``. ``fused``: the fused loss head where it is exact for this model (see the module
-    docstring; default ``FUSED_DEFAULT``); False: the model's own logits and autograd."""
+    docstring; default ``FUSED_DEFAULT``); False: the model's own logits and autograd. Under autocast only
+    the forward and the head's matmuls are inside it (the backward follows their dtypes)."""
     if fused is None:
         fused = FUSED_DEFAULT
-    if fused and _fused_matches(model, hp, input_ids, attention_mask, mask):
-        acts, grads, _ = _fused_activations_and_grads(model, hp, input_ids, attention_mask, mask)
+    if fused and _fused_matches(model, hp, input_ids, attention_mask, mask, autocast):
+        acts, grads, _ = _fused_activations_and_grads(model, hp, input_ids, attention_mask, mask, autocast)
     else:
-        acts, grads, _ = _plain_activations_and_grads(model, hp, input_ids, attention_mask, mask)
+        acts, grads, _ = _plain_activations_and_grads(model, hp, input_ids, attention_mask, mask, autocast)
     return acts, grads
 
 
 def harvest_batch(model: nn.Module, hp: Hookpoint, ctxs: list[Context], with_grads: bool = False,
-                  stop_early: bool = True) -> Harvested:
+                  stop_early: bool = True, autocast: bool = True) -> Harvested:
     """Unmasked activations (and gradients) of one model batch, as float32 rows on the CPU."""
     device = next(model.parameters()).device
     ids, attn, mask = collate(ctxs)
     ids, attn, keep = ids.to(device), attn.to(device), mask.to(device)
     if with_grads:
-        acts, grads = activations_and_grads(model, hp, ids, attn, keep)
+        acts, grads = activations_and_grads(model, hp, ids, attn, keep, autocast=autocast)
     else:
-        acts, grads = activations(model, hp, ids, attn, stop_early=stop_early), None
+        acts, grads = activations(model, hp, ids, attn, stop_early=stop_early, autocast=autocast), None
     out_acts = acts[keep].float().cpu()
     out_grads = grads[keep].float().cpu() if grads is not None else None
     return Harvested(out_acts, out_grads, len(ctxs))
@@ -207,14 +215,15 @@ class Throughput:
 
 def harvest(model: nn.Module, hp: Hookpoint, ctxs: Iterable[Context], batch_contexts: int = 16,
             with_grads: bool = False, stop_early: bool = True, progress: bool = True,
-            total_tokens: int | None = None, stats: Throughput | None = None) -> Iterator[Harvested]:
+            total_tokens: int | None = None, stats: Throughput | None = None,
+            autocast: bool = True) -> Iterator[Harvested]:
     """Harvest model batch by model batch; a tqdm bar shows tokens/s (tokens actually kept)."""
     stats = stats or Throughput()
     bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not progress, desc=f"harvest {hp.name}")
     try:
         for group in batched(ctxs, batch_contexts):
             t0 = time.perf_counter()
-            out = harvest_batch(model, hp, group, with_grads=with_grads, stop_early=stop_early)
+            out = harvest_batch(model, hp, group, with_grads=with_grads, stop_early=stop_early, autocast=autocast)
             stats.model_s += time.perf_counter() - t0
             stats.tokens += out.acts.shape[0]
             bar.update(out.acts.shape[0])

@@ -74,7 +74,8 @@ class LMSource:
         and every rank gets the whole block (so all ranks hold the same shuffle buffer)."""
         mine = distributed.my_share(ctxs)
         parts = list(harvest(self.model, self.hookpoint, mine, self.cfg.model_batch_contexts,
-                             with_grads=self.has_grads, progress=self.progress)) if mine else []
+                             with_grads=self.has_grads, progress=self.progress,
+                             autocast=self.cfg.autocast)) if mine else []
         empty = torch.zeros(0, self.d_in)
         acts = distributed.all_gather_rows(torch.cat([p.acts for p in parts]) if parts else empty)
         check_finite(acts, f"{self.cfg.model} at {self.cfg.hookpoint}")

@@ -14,6 +14,10 @@ Which predictions are counted: position t predicting token t+1 counts when token
 (a real, non-special target) and position t itself is included (its activation was replaced, so the
 prediction can differ from the clean one). Every CE and KL below is a mean over the same positions;
 the SAE metrics (L0, FVU, γ, densities) are over the included tokens.
+
+With ``autocast`` (lm.autocast) a float32 model on CUDA runs every forward under bf16 autocast, like
+the harvest that made the SAE's training data; the SAE's own encode and decode inside the splice hook
+run with autocast off, in fp32 (``saekit.data.autocast``). No effect on the CPU.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saekit.data.autocast import model_autocast, sae_precision
 from saekit.data.harvest import activations_and_grads
 from saekit.data.hookpoints import Hookpoint, edited, run_captured
 from saekit.data.text import Context, collate
@@ -65,15 +70,17 @@ def replaced(hp: Hookpoint, mask: Tensor, fn: Callable[[Tensor], Tensor] | None)
 
     def edit(act: Tensor) -> Tensor:
         new = act.clone()
-        new[mask] = fn(act[mask].float()).to(act.dtype)
+        with sae_precision(act):  # inside an autocast forward: the SAE still computes in fp32
+            new[mask] = fn(act[mask].float()).to(act.dtype)
         return new
 
     return edited(hp, edit)
 
 
-def _logprobs(model: nn.Module, ids: Tensor, attn: Tensor, sel: Tensor) -> Tensor:
+def _logprobs(model: nn.Module, ids: Tensor, attn: Tensor, sel: Tensor, autocast: bool = True) -> Tensor:
     """log p(· | prefix) at the selected predicting positions [n, V] (float32)."""
-    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1]
+    with model_autocast(model, autocast):
+        logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1]
     return F.log_softmax(logits[sel].float(), dim=-1)
 
 
@@ -83,13 +90,15 @@ def batches_of(ctxs: list[Context], n: int) -> Iterator[list[Context]]:
 
 
 @torch.no_grad()
-def mean_activation(model: nn.Module, hp: Hookpoint, ctxs: list[Context], batch_contexts: int = 8) -> Tensor:
+def mean_activation(model: nn.Module, hp: Hookpoint, ctxs: list[Context], batch_contexts: int = 8,
+                    autocast: bool = True) -> Tensor:
     """Mean of the hooked activation over the included tokens of ``ctxs`` (float64)."""
     device = next(model.parameters()).device
     total, n = None, 0
     for group in batches_of(ctxs, batch_contexts):
         ids, attn, mask = collate(group)
-        acts = run_captured(model, hp, ids.to(device), attn.to(device))[mask.to(device)].double()
+        with model_autocast(model, autocast):
+            acts = run_captured(model, hp, ids.to(device), attn.to(device))[mask.to(device)].double()
         total = acts.sum(0) if total is None else total + acts.sum(0)
         n += acts.shape[0]
     if not n:
@@ -108,19 +117,19 @@ def check_contexts(ctxs: list[Context], context_length: int) -> None:
 @torch.no_grad()
 def evaluate_splice(model: nn.Module, hp: Hookpoint, saes: dict[str, Any], ctxs: list[Context],
                     batch_contexts: int = 8, n_latents: dict[str, int] | None = None,
-                    per_context: bool = False) -> dict[str, dict[str, Any]]:
+                    per_context: bool = False, autocast: bool = True) -> dict[str, dict[str, Any]]:
     """Splice every SAE (or reconstructor) of ``saes`` into ``model`` at ``hp`` on ``ctxs``; one result per name.
 
     Clean, zero- and mean-ablated runs are shared between the SAEs. ``n_latents`` sizes the density
     statistics for plain callables (an SAE brings its own ``cfg.n_latents``). An SAE wrapped in
     ``WithGradients`` is encoded with the clean LM-loss gradient (one forward + backward per batch).
     ``per_context`` adds each context's counted targets and CE / KL sums (``per_context`` key), the
-    input of the paired bootstrap in ``saekit.eval.stats``.
+    input of the paired bootstrap in ``saekit.eval.stats``. ``autocast``: see the module docstring.
     """
     if not ctxs:
         raise SaekitError("no evaluation contexts")
     device = next(model.parameters()).device
-    mean = mean_activation(model, hp, ctxs, batch_contexts).float().to(device)
+    mean = mean_activation(model, hp, ctxs, batch_contexts, autocast).float().to(device)
     batch_grads: dict[str, Tensor] = {}  # the current batch's clean gradients at the included tokens
     recon = {name: (lambda x, s=s: s.sae(x, batch_grads["g"])) if isinstance(s, WithGradients) else as_reconstructor(s)
              for name, s in saes.items()}
@@ -144,14 +153,14 @@ def evaluate_splice(model: nn.Module, hp: Hookpoint, saes: dict[str, Any], ctxs:
         count += int(sel.sum())
         rows = sel.nonzero()[:, 0]  # the context of every counted prediction
         ctx_count.extend(sel.sum(dim=1).double().tolist())
-        clean = _logprobs(model, ids, attn, sel)
+        clean = _logprobs(model, ids, attn, sel, autocast)
         if need_grads:
             with torch.enable_grad():  # the loss is formed outside the forward's own enable_grad
-                batch_grads["g"] = activations_and_grads(model, hp, ids, attn, mask)[1][mask].float()
+                batch_grads["g"] = activations_and_grads(model, hp, ids, attn, mask, autocast)[1][mask].float()
 
         def account(key: str, fn: Callable[[Tensor], Tensor] | None) -> None:
             with replaced(hp, mask, fn):
-                lp = clean if fn is None else _logprobs(model, ids, attn, sel)
+                lp = clean if fn is None else _logprobs(model, ids, attn, sel, autocast)
             nll = F.nll_loss(lp, targets, reduction="none").double()
             kls = F.kl_div(lp, clean, log_target=True, reduction="none").sum(-1).double()  # p_clean (log p_clean − log p)
             ce[key] += nll.sum().item()
@@ -168,8 +177,9 @@ def evaluate_splice(model: nn.Module, hp: Hookpoint, saes: dict[str, Any], ctxs:
             def splice(a: Tensor, name: str = name, fn: Reconstructor = fn) -> Tensor:
                 x_hat, f = fn(a)
                 has_codes[name] = has_codes[name] or f is not None
-                codes = f if f is not None else torch.zeros(a.shape[0], stats[name].n_latents)
-                stats[name].update(a, x_hat.float(), codes.cpu())
+                # codes stay on their device (the stats move only their per-latent sums to the CPU)
+                codes = f if f is not None else torch.zeros(a.shape[0], stats[name].n_latents, device=a.device)
+                stats[name].update(a, x_hat.float(), codes)
                 return x_hat
             account(f"sae:{name}", splice)
     if count == 0:
@@ -289,4 +299,4 @@ def splice_saes(lm: Any, saes: dict[str, Any], n_contexts: int = 64, batch_conte
         if d_in != width:
             raise SaekitError(f"SAE {name!r} has d_in={d_in} but {lm.model} at {lm.hookpoint} has width {width}")
     ctxs = held_out_contexts(tokenizer, lm.corpus, lm.text_column, lm.context_length, lm.eval_fraction, n_contexts)
-    return evaluate_splice(model, hp, saes, ctxs, batch_contexts)
+    return evaluate_splice(model, hp, saes, ctxs, batch_contexts, autocast=getattr(lm, "autocast", True))

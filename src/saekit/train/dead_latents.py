@@ -46,7 +46,10 @@ def resample_dead_latents(sae: SparseAutoencoder, x_scaled: Tensor, x_hat_scaled
     weights = err.pow(2)
     if not weights.sum() > 0:
         return 0
-    picks = torch.multinomial(weights, idx.numel(), replacement=idx.numel() > weights.numel())
+    # drawn on the CPU generator whatever the device: the one a checkpoint saves, so a resumed run on
+    # CUDA resamples what an uninterrupted one would (a no-op move on CPU)
+    picks = torch.multinomial(weights.cpu(), idx.numel(), replacement=idx.numel() > weights.numel())
+    picks = picks.to(x_scaled.device)
     centred = x_scaled[picks] - sae.b_dec
     directions = centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     alive = ~dead
