@@ -23,12 +23,7 @@ WORDS = ("the king queen lord lady speaks sleeps dreams of and to a in my thy ni
          "love death fool ghost castle storm sea moon sun").split()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

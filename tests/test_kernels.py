@@ -302,3 +302,28 @@ def test_blocked_search_finds_every_entry(device: str) -> None:
     assert torch.equal(p.rows, rows) and torch.equal(p.cols, cols) and torch.equal(values, z[rows, cols])
     counts = (z > 0.5).sum(1).cumsum(0)[:-1].cpu()
     assert p.offsets.tolist() == torch.cat([torch.zeros(1, dtype=torch.long), counts]).tolist()
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_execute_with_the_bias_outside_selects_on_z_and_hands_over_the_bare_projection(mode) -> None:
+    """Gated's form of the statement. Hand case: W = I, b = (−0.5, −3), b_dec = 0, x = [[1, 0], [0, 2]]:
+    z = x W^T + b = [[0.5, −3], [−0.5, −1]], the bare projection x W^T = [[1, 0], [0, 2]].
+    Above(0) keeps (0, 0) only; each token's top 1 of z is latent 0 (of the bare projection, token 1
+    would pick latent 1). The objective reads the projection at what was kept: (0,0) -> 1, (1,0) -> 0."""
+    from saekit.statement import Above, RowTopK, execute
+
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    w, b, b_dec = torch.eye(2, requires_grad=True), torch.tensor([-0.5, -3.0], requires_grad=True), torch.zeros(2)
+    module = torch.nn.Module()
+    above = execute(module, x, w, b, b_dec, Above(0.0, 2, 2), None, mode, bias_outside=True).main
+    top = execute(module, x, w, b, b_dec, RowTopK(1, 2, 2, like=x), None, mode, bias_outside=True).main
+    if mode == "dense":
+        assert torch.equal(above.z, x) and above.mask is None
+        assert torch.equal(top.z, x) and top.mask.tolist() == [[True, False], [True, False]]
+    else:
+        assert above.pattern.rows.tolist() == [0] and above.pattern.cols.tolist() == [0]
+        assert above.z.tolist() == [1.0]
+        assert top.pattern.rows.tolist() == [0, 1] and top.pattern.cols.tolist() == [0, 0]
+        assert top.z.tolist() == [1.0, 0.0]
+    (g_b,) = torch.autograd.grad(top.selected(top.z).sum(), [b], allow_unused=True)
+    assert g_b is None  # the bias is the objective's to add: none of it is in what it reads

@@ -150,7 +150,7 @@ def entries_above(chunks: Iterable[tuple[slice, Tensor]], threshold: Tensor | fl
     (rows, z[rows]) in order, and their values. ``device``: where an empty result (no chunks) lives."""
     rows, cols, values = [], [], []
     for r, z in chunks:
-        i, j, v = _entries_of_chunk(z, threshold)
+        i, j, v = entries_of_chunk(z, threshold)
         rows.append(i + r.start)
         cols.append(j)
         values.append(v)
@@ -164,7 +164,7 @@ FIND_BLOCK = 32
 """entries_above: with a scalar threshold, each row is scanned in blocks of this many entries first."""
 
 
-def _entries_of_chunk(z: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+def entries_of_chunk(z: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
     """(rows, cols, values) of the entries of z above threshold, sorted by row then column.
 
     With a scalar threshold and sparse rows, most blocks of FIND_BLOCK entries hold nothing above it:

@@ -1,10 +1,15 @@
 """An architecture states its loss once; this module executes it densely or on the active latents only.
 
-A linear-encoder architecture (``StatedSAE``) says two things:
+An architecture built on one affine projection of x − b_dec (``StatedLoss``; ``StatedSAE`` when that
+is a plain encoder W_enc, b_enc) says two things:
 
-- ``selection``: which entries of the pre-activations z = W_enc (x − b_dec) + b_enc may carry a code
+- ``selection``: which entries of the pre-activations z = W (x − b_dec) + b may carry a code
   or a gradient (per-token top-k, a threshold, the batch's top k·B, ...), as a ``Selection``;
 - ``objective``: its codes and loss terms, written against an ``Active`` view of those entries.
+
+An architecture may keep the bias out of what its objective reads (``bias_outside``): the selection
+still ranks z = W x' + b, but the objective gets W x' and adds b itself. Gated needs this: its gate
+π_gate = W_gate x' + b_gate picks the entries, and its magnitude path reuses the bias-free W_gate x'.
 
 ``Active`` is either the dense [batch, n_latents] matrix z (with a mask for the selected entries) or
 the selected entries only ([nnz], differentiable through ``kernels.gather_preacts``). Its methods
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -63,6 +69,8 @@ class Selection:
 
     static_density: float | None = None
     """Share of entries selected, when known without looking at z (auto mode then decides at once)."""
+    needs_mask: bool = True
+    """Dense path: whether ``mask`` must run (False: every entry is kept, the objective zeroes the rest)."""
 
     def density(self, z: Tensor) -> float:
         """Measured share of selected entries on a first chunk (auto mode)."""
@@ -80,7 +88,9 @@ class Selection:
 
 
 class Above(Selection):
-    """Entries with z > threshold (a scalar or one per latent): ReLU's, JumpReLU's support."""
+    """Entries with z > threshold (a scalar or one per latent): ReLU's, JumpReLU's, Gated's support."""
+
+    needs_mask = False
 
     def __init__(self, threshold: Tensor | float, n_rows: int, n_cols: int) -> None:
         self.threshold, self.n_rows, self.n_cols = threshold, n_rows, n_cols
@@ -95,9 +105,9 @@ class Above(Selection):
         return None
 
     def add(self, rows: slice, z: Tensor, scores: Tensor) -> None:
-        p, v = kernels.entries_above([(slice(0, z.shape[0]), z)], self.threshold, z.shape[0], self.n_cols)
-        self.rows.append(p.rows + rows.start)
-        self.cols.append(p.cols)
+        i, j, v = kernels.entries_of_chunk(z, self.threshold)  # what entries_above does per chunk
+        self.rows.append(i + rows.start)
+        self.cols.append(j)
         self.values.append(v)
 
     def result(self) -> tuple[kernels.Pattern, Tensor]:
@@ -192,21 +202,23 @@ class Selected:
     aux: Active | None = None
 
 
-def dense_preacts(x: Tensor, b_dec: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """z = (x − b_dec) W^T + b, written x W^T − (b_dec W^T − b) so that b_dec's gradient is
+def dense_preacts(x: Tensor, b_dec: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """z = (x − b_dec) W^T + b (b None: no bias), written x W^T − (b_dec W^T − b) so that b_dec's gradient is
     −(Σ_t ∂z_t) W, an [M] @ [M, d] product, instead of autograd's [B, M] @ [M, d] ∂(x − b_dec)
     summed over the batch: one batch-sized matmul fewer per dense step (same value in exact
     arithmetic). x's own gradient, when it needs one, is still computed."""
-    return torch.addmm(bias - b_dec @ weight.T, x, weight.T)
+    shift = -(b_dec @ weight.T) if bias is None else bias - b_dec @ weight.T
+    return torch.addmm(shift, x, weight.T)
 
 
 def execute(module: torch.nn.Module, x: Tensor, weight: Tensor, bias: Tensor, b_dec: Tensor, main: Selection,
-            aux: Selection | None, mode: str, scores=None) -> Selected:
+            aux: Selection | None, mode: str, scores=None, bias_outside: bool = False) -> Selected:
     """Run the selections on z = (x − b_dec) W^T + b, dense or sparse (``mode`` as sae.kernels).
 
     ``scores(z, rows)`` (detached) is what ``main`` ranks instead of z (gradient-aware selection);
     AuxK's selection always ranks z. The sparse path computes z a chunk at a time without autograd
-    and makes only the selected entries differentiable."""
+    and makes only the selected entries differentiable. ``bias_outside``: the selections read z, the
+    returned ``Active`` views hold (x − b_dec) W^T without b (the objective adds it where it needs it)."""
     n, m = x.shape[0], weight.shape[0]
     score = scores or (lambda z, rows: z)
     sparse, first, chunks = False, None, None
@@ -219,11 +231,13 @@ def execute(module: torch.nn.Module, x: Tensor, weight: Tensor, bias: Tensor, b_
             density = main.density(first[1])
         sparse = kernels.use_sparse(mode, density)
     if not sparse:
-        z = dense_preacts(x, b_dec, weight, bias)
-        with torch.no_grad():
-            s = score(z.detach(), slice(0, n))
-            mask = main.mask(z.detach(), s)
-            aux_mask = aux.mask(z.detach(), z.detach()) if aux is not None else None
+        z = dense_preacts(x, b_dec, weight, None if bias_outside else bias)
+        mask = aux_mask = None
+        if main.needs_mask or aux is not None:
+            with torch.no_grad():
+                zs = z.detach() + bias.detach() if bias_outside else z.detach()  # what the selections read
+                mask = main.mask(zs, score(zs, slice(0, n))) if main.needs_mask else None
+                aux_mask = aux.mask(zs, zs) if aux is not None else None
         return Selected(Active(z, n, m, mask=mask), Active(z, n, m, mask=aux_mask) if aux is not None else None)
     with torch.no_grad():
         if chunks is None:
@@ -232,12 +246,15 @@ def execute(module: torch.nn.Module, x: Tensor, weight: Tensor, bias: Tensor, b_
             main.add(rows, z, score(z, rows))
             if aux is not None:
                 aux.add(rows, z, z)
-    p, values = main.result()
-    out = Selected(Active(kernels.gather_preacts(x, b_dec, weight, bias, p, values), n, m, pattern=p))
-    if aux is not None:
-        pa, va = aux.result()
-        out.aux = Active(kernels.gather_preacts(x, b_dec, weight, bias, pa, va), n, m, pattern=pa)
-    return out
+
+    def active(sel: Selection) -> Active:
+        p, values = sel.result()
+        if bias_outside:  # (the bias was inside the chunks' matmul; take it off the selected entries)
+            return Active(kernels.gather_preacts(x, b_dec, weight, None, p, values - bias.detach()[p.cols]),
+                          n, m, pattern=p)
+        return Active(kernels.gather_preacts(x, b_dec, weight, bias, p, values), n, m, pattern=p)
+
+    return Selected(active(main), active(aux) if aux is not None else None)
 
 
 # ---- the linear-encoder architectures that state their loss this way -----------------------------
@@ -271,15 +288,17 @@ class LinearEncoderMixin:
         return [(self.W_enc, 0), (self.b_enc, 0), (self.dictionary.W_dec, 0)]  # type: ignore[attr-defined]
 
 
+class StatedLoss(SparseAutoencoder):
+    """An architecture whose loss is stated once, ``selection`` and ``objective`` over one affine
+    projection z = W (x − b_dec) + b (``projection``); ``loss`` executes them on the dense or the
+    sparse path (``cfg.kernels``)."""
 
+    bias_outside: ClassVar[bool] = False
+    """True: the objective reads W (x − b_dec) without b, and adds b itself (see ``execute``)."""
 
-class StatedSAE(LinearEncoderMixin, SparseAutoencoder):
-    """An affine encoder z = W_enc (x − b_dec) + b_enc whose architecture states ``selection`` and
-    ``objective`` once; ``loss`` executes them on the dense or the sparse path (``cfg.kernels``)."""
-
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        self._init_linear_encoder(cfg.n_latents, cfg.d_in)
+    def projection(self) -> tuple[Tensor, Tensor]:
+        """(W [n_latents, d_in], b [n_latents]) of the pre-activations the selection reads."""
+        raise NotImplementedError
 
     # ---- what an architecture states --------------------------------------------------------------
     def selection(self, n_rows: int, like: Tensor) -> Selection:
@@ -305,9 +324,22 @@ class StatedSAE(LinearEncoderMixin, SparseAutoencoder):
         if grad is not None:
             grad = grad / self.cfg.input_scale
         n = x.shape[0]
-        sel = execute(self, x, self.W_enc, self.b_enc, self.dictionary.b_dec, self.selection(n, x),
-                      self.aux_selection(n, dead_mask, x), self.cfg.kernels, self.scorer(x, grad))
+        weight, bias = self.projection()
+        sel = execute(self, x, weight, bias, self.dictionary.b_dec, self.selection(n, x),
+                      self.aux_selection(n, dead_mask, x), self.cfg.kernels, self.scorer(x, grad),
+                      self.bias_outside)
         return self.objective(x, sel, sparsity_scale, dead_mask)
+
+
+class StatedSAE(LinearEncoderMixin, StatedLoss):
+    """A stated loss over an affine encoder z = W_enc (x − b_dec) + b_enc (relu, topk, jumprelu, ...)."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self._init_linear_encoder(cfg.n_latents, cfg.d_in)
+
+    def projection(self) -> tuple[Tensor, Tensor]:
+        return self.W_enc, self.b_enc
 
 
 class AuxKMixin:

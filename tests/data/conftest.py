@@ -13,13 +13,8 @@ WORDS = ("the king queen lord lady speaks sleeps dreams of and to a in my thy ni
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices gain nothing from threads, and on a busy 2-core machine OpenMP spin-waiting
-    makes them up to a thousand times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread) -> None:
+    """Every test in this folder runs on one torch thread (tests/conftest.py's ``one_thread``)."""
 
 
 def make_text(n_lines: int = 200, seed: int = 0) -> str:

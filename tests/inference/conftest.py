@@ -3,15 +3,9 @@ second intra-op thread costs far more in contention than it gains. Restored afte
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread) -> None:
+    """Every test in this folder gets tests/conftest.py's ``one_thread``."""
