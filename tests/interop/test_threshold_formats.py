@@ -218,8 +218,17 @@ def test_export_command_says_a_batchtopk_export_is_an_inference_time_conversion(
     assert saekit.load(tmp_path / "sl").cfg.architecture == "matryoshka"
 
 
-def test_saebench_adapter_refuses_thresholded_saes_in_one_line():
+@pytest.mark.parametrize("arch", ["jumprelu", "batchtopk", "matryoshka"])
+def test_saebench_adapter_gives_the_thresholded_saes_own_codes(arch):
     from saekit.interop.saebench import as_saebench
 
-    with pytest.raises(SaekitError, match="no SAEBench adapter for saekit's 'jumprelu' yet"):
-        as_saebench(thresholded("jumprelu"), "m", 0)
+    sae = thresholded(arch)
+    bench = as_saebench(sae, "m", 0)
+    assert bench.cfg.architecture == "jumprelu" and bench.cfg.activation_fn_str == "jumprelu"
+    x = torch.randn(40, sae.cfg.d_in, generator=torch.Generator().manual_seed(3)) * 2
+    with torch.no_grad():
+        ours = sae.encode(x)
+        theirs = bench.encode(x)
+        torch.testing.assert_close(theirs, ours)
+        torch.testing.assert_close(bench.decode(theirs), sae.decode(ours))
+    assert 0 < int((ours != 0).sum()) < ours.numel()  # the threshold decides some entries both ways

@@ -60,8 +60,13 @@ class SAEBenchConfig:
         return out
 
 
-ACTIVATION = {"relu": "relu", "topk": "topk", "gradient_topk": "topk", "gated": "relu"}
-ARCHITECTURE = {"relu": "standard", "topk": "topk", "gradient_topk": "topk", "gated": "gated"}
+ACTIVATION = {"relu": "relu", "topk": "topk", "gradient_topk": "topk", "gated": "relu",
+              **{a: "jumprelu" for a in ("jumprelu", "batchtopk", "matryoshka", "gradient_batchtopk",
+                                         "gradient_matryoshka")}}
+"""The JumpReLU family goes in as JumpReLU with its per-latent threshold (BatchTopK and Matryoshka: their
+global inference threshold in every latent, as the SAELens export does; gradient-free inference)."""
+ARCHITECTURE = {"relu": "standard", "topk": "topk", "gradient_topk": "topk", "gated": "gated",
+                **{a: "jumprelu" for a in ACTIVATION if ACTIVATION[a] == "jumprelu"}}
 
 
 class SAEBenchSAE(nn.Module):
@@ -82,6 +87,8 @@ class SAEBenchSAE(nn.Module):
         if arch == "gated":
             self.r_mag = nn.Parameter(tensors["r_mag"].clone())
             self.b_mag = nn.Parameter(tensors["b_mag"].clone())
+        if ACTIVATION[arch] == "jumprelu":
+            self.threshold = nn.Parameter(tensors["threshold"].clone())  # [d_sae], in code units
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         self.to(device=torch.device(device), dtype=dtype)
@@ -104,6 +111,8 @@ class SAEBenchSAE(nn.Module):
                    "b_enc": f.b_gate if f.b_gate is not None else f.b_enc}
         if f.architecture == "gated":
             tensors.update(r_mag=f.r_mag, b_mag=f.b_mag)
+        if f.threshold is not None:
+            tensors["threshold"] = f.threshold.reshape(-1).expand(f.n_latents).contiguous()
         cfg = SAEBenchConfig(model_name=model_name, d_in=f.d_in, d_sae=f.n_latents, hook_layer=layer,
                              hook_name=hook_name or f"blocks.{layer}.hook_resid_post", context_size=context_size,
                              architecture=ARCHITECTURE[f.architecture], activation_fn_str=ACTIVATION[f.architecture],
@@ -122,6 +131,8 @@ class SAEBenchSAE(nn.Module):
         z = proj + self.b_enc
         if arch == "relu":
             return z.relu()
+        if ACTIVATION[arch] == "jumprelu":  # f = z ⊙ H(z − θ), θ > 0 (saekit's, as SAELens's JumpReLU)
+            return z * (z > self.threshold).to(z.dtype)
         values, idx = z.topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(z).scatter_(-1, idx, values.relu())
 
