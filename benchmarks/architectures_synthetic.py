@@ -1,0 +1,97 @@
+"""Dictionary recovery of an architecture on the O'Neill et al. synthetic ground truth (issue 13).
+
+N=64 true atoms in R^32, K=3 active per sample; 64 latents, k=3 where the architecture has a k.
+Seed s sets both the truth (synthetic.seed) and the SAE's initialisation (train seed), so three
+seeds are three independent problems. Prints one JSON line per run: dictionary MCC, the chance level
+(random unit dictionaries of the same size), L0, FVU, and, for Matryoshka, how well each nested group's
+atoms match a true atom (mean over the group of the best |cos| to any true atom).
+
+Not a speed benchmark (it lives here because it is a measurement script, not a reproduction).
+
+    python benchmarks/architectures_synthetic.py --arch matryoshka --seeds 0 1 2 --steps 3000 \
+        --sae group_sizes=32,32 --train lr=1e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import replace
+
+import torch
+
+
+def _value(text: str):
+    if "," in text:
+        return tuple(int(v) for v in text.split(",") if v)
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _pairs(items: list[str]) -> dict:
+    return {k: _value(v) for k, v in (item.split("=", 1) for item in items)}
+
+
+def run(arch: str, seed: int, steps: int, sae_kw: dict, train_kw: dict) -> dict:
+    from saekit.config import DataConfig, SAEConfig, SyntheticConfig, TrainConfig
+    from saekit.data.synthetic import SyntheticSource
+    from saekit.eval.reconstruction import evaluate_reconstruction
+    from saekit.eval.recovery import chance_dictionary_mcc, dictionary_mcc
+    from saekit.train.trainer import train
+
+    data = DataConfig(source="synthetic", synthetic=SyntheticConfig(n_features=64, d=32, k=3, seed=seed))
+    kw = dict(sae_kw)
+    if arch not in ("relu", "gated", "jumprelu"):
+        kw.setdefault("k", 3)
+    sae_cfg = SAEConfig(architecture=arch, n_latents=kw.pop("n_latents", 64), **kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(sae=sae_cfg, data=data, steps=steps, batch_size=1024, lr=1e-3, log_every=100,
+                          ckpt_every=0, progress=False, seed=seed, out_dir=tmp + "/run")
+        cfg = replace(cfg, **train_kw)
+        start = time.perf_counter()
+        sae = train(cfg)
+        seconds = time.perf_counter() - start
+    source = SyntheticSource(data.synthetic, split="eval")
+    truth = source.truth.dictionary
+    W = sae.W_dec.detach().cpu()
+    summary, _ = evaluate_reconstruction(sae, source, 16384, 4096)
+    out = {"arch": arch, "seed": seed, "steps": steps, "sae": {k: list(v) if isinstance(v, tuple) else v
+                                                               for k, v in sae_kw.items()},
+           "train": train_kw, "dict_mcc": round(dictionary_mcc(truth, W), 4),
+           "chance": round(chance_dictionary_mcc(truth, W.shape[0], draws=20)["mean"], 4),
+           "l0": round(summary["l0"], 3), "fvu": round(summary["fvu"], 4),
+           "dead": round(summary["dead_fraction"], 3), "seconds": round(seconds, 1)}
+    if arch.endswith("matryoshka"):
+        from saekit.encoders.matryoshka import prefix_ends
+
+        cos = torch.nn.functional.normalize(W, dim=1) @ torch.nn.functional.normalize(truth, dim=1).T
+        best = cos.abs().max(dim=1).values
+        ends = prefix_ends(W.shape[0], tuple(sae.cfg.group_sizes))
+        starts = [0, *ends[:-1]]
+        out["group_best_cos"] = {f"{a}:{b}": round(best[a:b].mean().item(), 3) for a, b in zip(starts, ends)}
+        out["dict_mcc_beyond_first_prefix"] = round(dictionary_mcc(truth, W[ends[0]:]), 4)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--sae", nargs="*", default=[], help="SAEConfig fields, key=value (tuples: 32,32)")
+    p.add_argument("--train", nargs="*", default=[], help="TrainConfig fields, key=value")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    for seed in args.seeds:
+        print(json.dumps(run(args.arch, seed, args.steps, _pairs(args.sae), _pairs(args.train))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
