@@ -186,3 +186,16 @@ def test_export_on_a_full_disk_is_one_clear_error(tmp_path, small_tmpfs, capsys,
     line = _one_error(capsys, e)
     assert "no space left" in line and str(out) in line and "needed" in line, line
     assert not list(small_tmpfs.rglob("*.tmp")) and not list(small_tmpfs.rglob("*.safetensors"))
+
+
+def test_a_disk_too_full_for_the_lock_file_is_one_clear_error(small_tmpfs, capsys):
+    (small_tmpfs / "ballast").write_bytes(b"\0" * 256 * 1024)  # fills it (the tmpfs rounds to pages)
+    with pytest.raises(OSError):
+        (small_tmpfs / "probe").write_bytes(b"x")
+    (small_tmpfs / "probe").unlink(missing_ok=True)
+    out = small_tmpfs / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--sae.architecture", "relu", "--steps", "2", "--no-progress", "--out-dir", str(out)])
+    line = _one_error(capsys, e)
+    assert "no space left" in line and str(out) in line, line
+    assert not out.exists()
