@@ -295,8 +295,12 @@ CASES = [
     ("sweep-width-zero", nothing, [*SWEEP, "--widths", "0"], "--widths must all be positive"),
     ("sweep-k-zero", nothing, [*SWEEP, "--architectures", "topk", "--ks", "0"], "--ks must all be positive"),
     ("sweep-l1-nan", nothing, [*SWEEP, "--l1-coeffs", "nan"], "l1_coeffs must be a finite"),
-    ("sweep-every-point-fails", nothing, [*SWEEP, "--architectures", "topk", "--ks", "999", "--widths", "8"],
+    ("sweep-every-point-fails", nothing, [*SWEEP, "--architectures", "topk", "--ks", "999", "--widths", "16"],
      "every point of the sweep failed"),
+    ("sweep-k-with-l1-architectures", nothing, [*SWEEP, "--architectures", "relu", "gated", "--sae.k", "5"],
+     "sae.k=5 is used by no point of the sweep: no architecture of the sweep \\(gated, relu\\) has it"),
+    ("sweep-l1-replaced-by-grid", nothing, [*SWEEP, "--sae.l1-coeff", "7"], "sae.l1_coeff=7.0 .*every point sets it from --l1-coeffs"),
+    ("sweep-store-without-source", nothing, [*SWEEP, "--data.store", "{w}/store"], "data.store is set but data.source"),
     ("sweep-dir-is-file", nothing, [*SWEEP[:-4], "--sweep-dir", "{w}/afile"], "afile is an existing file"),
     ("sweep-eval-tokens-zero", nothing, [*SWEEP[:-2], "--eval-tokens", "0"], "must be positive"),
     # ---- features, steer-eval -------------------------------------------------------------------------

@@ -70,3 +70,23 @@ def test_eval_command_on_a_small_store_reports_the_true_count(store, tmp_path, c
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert result["tokens"] == 37
     assert result["fvu"] == pytest.approx(direct(model, acts)[0]["fvu"], rel=1e-5)
+
+
+def test_eval_on_a_store_without_lm_metadata_skips_the_splice_and_says_why(store, tmp_path, capsys):
+    """A store written without model/hookpoint in its meta (e.g. from arrays): eval reports the reconstruction
+    metrics, notes the skipped splice with its reason (on screen and in eval.json), and exits normally."""
+    from saekit.cli import main
+
+    path, acts = store
+    model = sae()
+    model.save(tmp_path / "run" / "sae")
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"data": {"source": "store", "store": str(path)}}))
+    main(["eval", str(tmp_path / "run" / "sae"), "--tokens", "4096", "--batch-size", "16"])
+    out = capsys.readouterr().out
+    assert "splice evaluation (loss recovered, KL) was skipped" in out and "does not name model, hookpoint" in out, out
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert "splice" not in result and "does not name model, hookpoint" in result["splice_skipped"]
+    assert result["tokens"] == 37
+    want = direct(model, acts)[0]
+    for key in ("fvu", "mse", "l0"):
+        assert result[key] == pytest.approx(want[key], rel=1e-5), key

@@ -123,3 +123,38 @@ def test_lm_sweep_caches_once_and_splices(tmp_path):
     main(["eval", str(out / "runs" / rows[1]["name"] / "sae"), "--splice-contexts", "4"])
     ev = json.loads((out / "runs" / rows[1]["name"] / "eval.json").read_text())
     assert ev["splice"]["loss_recovered"] == pytest.approx(float(rows[1]["loss_recovered"]), rel=1e-4)
+
+
+def _problems(base_sae: dict, archs, l1s=(), ks=(), widths=(), **data):
+    from saekit.config import DataConfig, SAEConfig
+    from saekit.sweep import unused_base_settings
+
+    base = TrainConfig(sae=SAEConfig(**base_sae), data=DataConfig(**data))
+    return unused_base_settings(base, grid(base, archs, l1s, ks, widths))
+
+
+def test_a_base_setting_no_point_uses_is_found():
+    assert _problems(dict(k=5), ("relu", "gated")) == [
+        "sae.k=5 is used by no point of the sweep: no architecture of the sweep (gated, relu) has it (it belongs to "
+        "batchtopk, gradient_batchtopk, gradient_matryoshka, gradient_topk, matryoshka, topk)"]
+    assert _problems(dict(l1_coeff=7.0), ("relu", "topk"), l1s=(1.0, 2.0), ks=(4,)) == [
+        "sae.l1_coeff=7.0 is used by no point of the sweep: every point sets it from --l1-coeffs"]
+    assert _problems(dict(n_latents=16), ("relu",), widths=(8,)) == [
+        "sae.n_latents=16 is used by no point of the sweep: every point sets it from --widths"]
+    assert _problems(dict(expansion_factor=4), ("relu",), widths=(8,))[0].startswith("sae.expansion_factor=4")
+    assert _problems(dict(), ("relu",), store="x") == [
+        "data.store is set but data.source is 'synthetic'; pass --data.source store to train on it"]
+
+
+def test_a_base_setting_some_point_uses_is_accepted():
+    assert _problems(dict(k=5), ("relu", "topk")) == []  # no --ks: the topk point trains with k=5
+    assert _problems(dict(l1_coeff=7.0), ("relu",)) == []  # no --l1-coeffs: the base λ
+    assert _problems(dict(n_latents=16), ("relu",), widths=(8, 16)) == []
+    assert _problems(dict(architecture="relu", expansion_factor=4), ("gated", "topk"), ks=(4,)) == []
+
+
+def test_sweep_refuses_an_unused_setting_before_writing(tmp_path):
+    out = tmp_path / "sweep"
+    with pytest.raises(SaekitError, match="sae.k=5 is used by no point of the sweep"):
+        run_sweep(parse([*SMALL[:-2], "--sae.k", "5"]).cfg, [Point("relu", "l1_coeff", 1.0, 8)], out)
+    assert not out.exists()

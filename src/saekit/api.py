@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from saekit.config import SAEConfig, TrainConfig
+from saekit.config import SAEConfig, TrainConfig, check_settings_used, unused_sae_settings, unused_settings
 from saekit.errors import SaekitError
 from saekit.sae import SparseAutoencoder
 
@@ -82,6 +82,11 @@ def train(*args: Any, source: Any = None, cfg: TrainConfig | None = None, grads:
     if cfg is not None and not isinstance(cfg, TrainConfig):
         raise SaekitError(f"saekit.train: cfg must be a TrainConfig, got {type(cfg).__name__}")
     cfg = _apply_overrides(cfg if cfg is not None else TrainConfig(), overrides)
+    # a setting the architecture would silently ignore; cfg.data only matters when no source is given
+    try:
+        check_settings_used(cfg, unused_settings(cfg) if source is None else unused_sae_settings(cfg))
+    except SaekitError as e:
+        raise SaekitError(f"saekit.train: {e}") from None
     out = Path(cfg.out_dir)
     heldout = None
     if source is None:

@@ -363,22 +363,49 @@ def _defaults(cls: type) -> dict[str, Any]:
 def unused_settings(cfg: TrainConfig) -> list[str]:
     """Settings given (differing from their defaults) that the chosen architecture or data source does
     not use, or that training overwrites; one line each. Generic over the architectures' Params."""
+    return unused_sae_settings(cfg) + unused_data_settings(cfg.data)
+
+
+def unused_sae_settings(cfg: TrainConfig) -> list[str]:
+    """The SAE part of ``unused_settings``: fields of another architecture, and fields fitted from the data."""
     problems = []
     sae, defaults = cfg.sae, _defaults(SAEConfig)
-    cls = architecture_class(sae.architecture)
     own = set(sae.arch_fields())
     for name, default in defaults.items():
         if name not in own and getattr(sae, name) != default:
-            owners = sorted(a for a, c in architectures().items()
-                            if name in {f.name for f in dataclasses.fields(c.Params)})
-            problems.append(f"sae.{name} is not used by a {sae.architecture} SAE (it belongs to {', '.join(owners)})")
+            owners = ", ".join(owners_of(name))
+            problems.append(f"sae.{name} is not used by a {sae.architecture} SAE (it belongs to {owners})")
+    problems += overwritten_sae_settings(cfg)
+    return problems
+
+
+def changed_sae_fields(sae: SAEConfig) -> dict[str, Any]:
+    """The SAE fields whose value differs from SAEConfig's default: the ones a user gave."""
+    return {name: getattr(sae, name) for name, default in _defaults(SAEConfig).items() if getattr(sae, name) != default}
+
+
+def owners_of(name: str) -> list[str]:
+    """The architectures that have the SAE field ``name``."""
+    return sorted(a for a, c in architectures().items() if name in {f.name for f in dataclasses.fields(c.Params)})
+
+
+def overwritten_sae_settings(cfg: TrainConfig) -> list[str]:
+    """SAE fields given that training fits from the data instead (input_scale when normalizing, an
+    architecture's fitted_fields)."""
+    problems = []
+    sae, defaults = cfg.sae, _defaults(SAEConfig)
     if cfg.normalize_activations and sae.input_scale != defaults["input_scale"]:
         problems.append("sae.input_scale is estimated from the data when normalize_activations is on; "
                         "pass --no-normalize-activations to fix it yourself")
-    for name in getattr(cls, "fitted_fields", ()):
+    for name in getattr(architecture_class(sae.architecture), "fitted_fields", ()):
         if getattr(sae, name) != defaults[name]:
             problems.append(f"sae.{name} is estimated from the data by a {sae.architecture} SAE; do not set it")
-    data = cfg.data
+    return problems
+
+
+def unused_data_settings(data: DataConfig) -> list[str]:
+    """The data part of ``unused_settings``: settings of a data source other than the chosen one."""
+    problems = []
     if data.store and data.source != "store":
         problems.append(f"data.store is set but data.source is {data.source!r}; pass --data.source store to train on it")
     if data.source != "synthetic" and data.synthetic != SyntheticConfig():
@@ -390,8 +417,9 @@ def unused_settings(cfg: TrainConfig) -> list[str]:
     return problems
 
 
-def check_settings_used(cfg: TrainConfig) -> None:
-    problems = unused_settings(cfg)
+def check_settings_used(cfg: TrainConfig, problems: list[str] | None = None) -> None:
+    """Refuse settings that would be silently ignored: one error line, the first problem and a count."""
+    problems = unused_settings(cfg) if problems is None else problems
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SaekitError(f"{problems[0]}{more}")

@@ -68,7 +68,12 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     except OSError as e:
         raise SaekitError(f"cannot create output folder {folder}: {e.strerror}") from None
     path = folder / LOCK_NAME
-    fd = _acquire(path, command)
+    try:
+        fd = _acquire(path, command)
+    except BaseException:
+        if created:
+            _remove_empty(folder)
+        raise
     _HELD[key] = 1
     try:
         yield folder
@@ -79,10 +84,15 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
         finally:
             os.close(fd)
         if created:
-            try:
-                folder.rmdir()  # a command that failed before writing anything leaves no empty folder
-            except OSError:
-                pass
+            _remove_empty(folder)
+
+
+def _remove_empty(folder: Path) -> None:
+    """A command that failed before writing anything leaves no empty folder."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _acquire(path: Path, command: str) -> int:
@@ -107,8 +117,17 @@ def _acquire(path: Path, command: str) -> int:
             os.close(fd)
             continue
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except OSError as e:  # a full disk: not even the lock file's few bytes fit
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                from saekit.io import disk_full_error
+
+                raise disk_full_error(path.parent, None) from None
+            raise SaekitError(f"cannot write the lock file {path}: {e.strerror}") from None
         return fd
     raise SaekitError(f"could not lock {path}: it keeps being replaced")
 

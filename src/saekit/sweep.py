@@ -23,7 +23,8 @@ from typing import Annotated, Any
 import tyro
 
 from saekit import cliparse
-from saekit.config import DataConfig, TrainConfig, check_numbers, load_train_config
+from saekit.config import (DataConfig, TrainConfig, changed_sae_fields, check_numbers, check_settings_used,
+                           load_train_config, overwritten_sae_settings, owners_of, unused_data_settings)
 from saekit.errors import SaekitError
 from saekit.io import atomic_write_json, atomic_write_text
 from saekit.lock import check_output_folder, output_lock
@@ -109,6 +110,40 @@ def point_config(base: TrainConfig, p: Point, runs_dir: Path) -> TrainConfig:
     return replace(base, sae=sae, out_dir=str(runs_dir / p.name), progress=False)
 
 
+GRID_FLAGS = {"k": "--ks", "l1_coeff": "--l1-coeffs", "l0_coeff": "--l0-coeffs", "n_latents": "--widths"}
+
+
+def unused_base_settings(base: TrainConfig, points: list[Point]) -> list[str]:
+    """Base settings that no point of the sweep uses: the SAE fields that every point's architecture lacks
+    or that the grid replaces in every point, the fields training fits from the data, and the settings
+    of another data source. (``sae.architecture`` is exempt: the grid chooses it, and a run's saved
+    config.yaml, reused as the base, names one.)"""
+    cfgs = []
+    for p in points:
+        try:
+            cfgs.append(point_config(base, p, Path(".")))
+        except SaekitError:  # that point fails on its own and is recorded
+            pass
+    archs = sorted({p.architecture for p in points})
+    problems = []
+    for name, value in changed_sae_fields(base.sae).items():
+        if name == "architecture":
+            continue
+        kept = [c for c in cfgs if name in c.sae.arch_fields() and getattr(c.sae, name) == value]
+        if name == "expansion_factor":  # used only where the width comes from d_in
+            kept = [c for c in kept if c.sae.n_latents == 0]
+        if kept:
+            continue
+        if any(name in c.sae.arch_fields() for c in cfgs):
+            why = f"every point sets it from {GRID_FLAGS.get(name, 'the grid')}"
+        else:
+            why = f"no architecture of the sweep ({', '.join(archs)}) has it (it belongs to {', '.join(owners_of(name))})"
+        problems.append(f"sae.{name}={value!r} is used by no point of the sweep: {why}")
+    for c in cfgs:
+        problems += [q for q in overwritten_sae_settings(c) if q not in problems]
+    return problems + unused_data_settings(base.data)
+
+
 def shared_data(base: TrainConfig, out: Path, cache_tokens: int) -> DataConfig:
     """For LM data, harvest once into OUT/store (train split) and train every point from it."""
     if base.data.source != "lm":
@@ -144,6 +179,7 @@ def run_sweep(base: TrainConfig, points: list[Point], sweep_dir: str | Path, cac
         raise SaekitError("cache_tokens, eval_tokens, splice_contexts and splice_batch_contexts must be positive")
     if not points:
         raise SaekitError("the grid is empty")
+    check_settings_used(base, unused_base_settings(base, points))  # a base setting no point would use
     out = Path(sweep_dir)
     with output_lock(out, "saekit sweep"):
         return _run_sweep(base, points, out, cache_tokens, eval_tokens, splice_contexts, splice_batch_contexts)

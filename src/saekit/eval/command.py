@@ -113,7 +113,9 @@ def main(argv: list[str]) -> None:
         except SaekitError as e:  # a store without LM metadata: the reconstruction metrics still stand
             if data.source != "store" or source is None:
                 raise
-            print(f"note: no splicing ({e})")
+            why = f"{e}, so there is no language model to splice into"
+            print(f"note: the splice evaluation (loss recovered, KL) was skipped: {why}")
+            payload["splice_skipped"] = why
     if lm is not None:
         spliced = splice_saes(lm, {"sae": sae}, cmd.splice_contexts, cmd.splice_batch_contexts,
                               model=getattr(source, "model", None), tokenizer=getattr(source, "tokenizer", None))["sae"]
