@@ -134,22 +134,13 @@ def _fused_activations_and_grads(model, hp, input_ids, attention_mask, mask, aut
 
 
 _FUSED_OK: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+"""Per model: whether the fused head gave its loss and gradient on the first batch (checked once)."""
 
 
-def _fused_matches(model, hp, input_ids, attention_mask, mask, autocast=True) -> bool:
-    """Whether the fused head gives this model's loss and gradient (checked once per model)."""
-    if model not in _FUSED_OK:
-        ok = False
-        if _loss_head(model) is not None:
-            try:
-                a0, g0, l0 = _plain_activations_and_grads(model, hp, input_ids, attention_mask, mask, autocast)
-                a1, g1, l1 = _fused_activations_and_grads(model, hp, input_ids, attention_mask, mask, autocast)
-                ok = (torch.allclose(l0, l1, rtol=1e-4, atol=1e-4) and torch.equal(a0, a1)
-                      and torch.allclose(g0, g1, rtol=1e-3, atol=1e-3 * float(g0.abs().max()) + 1e-12))
-            except (AttributeError, TypeError, ValueError, RuntimeError):
-                ok = False  # a backbone that does not take these arguments or return last_hidden_state
-        _FUSED_OK[model] = ok
-    return _FUSED_OK[model]
+def _agree(plain: tuple[Tensor, Tensor, Tensor], fused: tuple[Tensor, Tensor, Tensor]) -> bool:
+    (a0, g0, l0), (a1, g1, l1) = plain, fused
+    return (torch.allclose(l0, l1, rtol=1e-4, atol=1e-4) and torch.equal(a0, a1)
+            and torch.allclose(g0, g1, rtol=1e-3, atol=1e-3 * float(g0.abs().max()) + 1e-12))
 
 
 def activations_and_grads(model: nn.Module, hp: Hookpoint, input_ids: Tensor, attention_mask: Tensor,
@@ -161,13 +152,24 @@ def activations_and_grads(model: nn.Module, hp: Hookpoint, input_ids: Tensor, at
     ``next_token_ce``. ``fused``: the fused loss head where it is exact for this model (see the module
     docstring; default ``FUSED_DEFAULT``); False: the model's own logits and autograd. Under autocast only
     the forward and the head's matmuls are inside it (the backward follows their dtypes)."""
+    args = (model, hp, input_ids, attention_mask, mask, autocast)
     if fused is None:
         fused = FUSED_DEFAULT
-    if fused and _fused_matches(model, hp, input_ids, attention_mask, mask, autocast):
-        acts, grads, _ = _fused_activations_and_grads(model, hp, input_ids, attention_mask, mask, autocast)
-    else:
-        acts, grads, _ = _plain_activations_and_grads(model, hp, input_ids, attention_mask, mask, autocast)
-    return acts, grads
+    if fused and _loss_head(model) is None:
+        _FUSED_OK[model] = False
+    known = _FUSED_OK.get(model)
+    if not fused or known is False:
+        return _plain_activations_and_grads(*args)[:2]
+    if known:
+        return _fused_activations_and_grads(*args)[:2]
+    # this model's first batch: both ways; the fused head is kept only if it gives the same
+    plain = _plain_activations_and_grads(*args)
+    try:
+        fast = _fused_activations_and_grads(*args)
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        fast = None  # a backbone that does not take these arguments or return last_hidden_state
+    _FUSED_OK[model] = fast is not None and _agree(plain, fast)
+    return (fast if _FUSED_OK[model] else plain)[:2]  # type: ignore[index]
 
 
 def harvest_batch(model: nn.Module, hp: Hookpoint, ctxs: list[Context], with_grads: bool = False,
