@@ -87,7 +87,7 @@ def test_saved_weights_have_ordinary_permissions(tmp_path):
 
 def test_config_yaml_can_be_trained_again(tmp_path):
     """The saved config keeps the given (not the fitted) input_scale, so it passes the unused-settings check."""
-    from saekit.config import check_settings_used
+    from saekit.settings import check_settings_used
 
     train(_cfg(tmp_path / "r", steps=2, ckpt_every=0))
     check_settings_used(load_train_config(tmp_path / "r" / "config.yaml"))

@@ -19,7 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from saekit.config import SAEConfig, TrainConfig, check_settings_used, unused_sae_settings, unused_settings
+from saekit.config import SAEConfig, TrainConfig
+from saekit.settings import check_settings_used, unused_sae_settings, unused_settings
 from saekit.errors import SaekitError
 from saekit.sae import SparseAutoencoder
 

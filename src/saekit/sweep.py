@@ -23,8 +23,9 @@ from typing import Annotated, Any
 import tyro
 
 from saekit import cliparse
-from saekit.config import (DataConfig, TrainConfig, changed_sae_fields, check_numbers, check_settings_used,
-                           load_train_config, overwritten_sae_settings, owners_of, unused_data_settings)
+from saekit.config import DataConfig, TrainConfig, check_numbers, load_train_config
+from saekit.settings import (changed_sae_fields, check_settings_used, overwritten_sae_settings, owners_of,
+                             unused_data_settings)
 from saekit.errors import SaekitError
 from saekit.io import atomic_write_json, atomic_write_text
 from saekit.lock import check_output_folder, output_lock

@@ -10,7 +10,8 @@ import tyro
 
 from saekit import cliparse
 from saekit import distributed
-from saekit.config import TrainConfig, check_settings_used, load_train_config
+from saekit.config import TrainConfig, load_train_config
+from saekit.settings import check_settings_used
 
 
 @dataclass

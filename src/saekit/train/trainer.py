@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from saekit import distributed
-from saekit.config import DataConfig, TrainConfig, dump_yaml, load_train_config, resume_differences
+from saekit.config import DataConfig, TrainConfig, dump_yaml, load_train_config
+from saekit.settings import resume_differences
 from saekit.data.factory import make_source
 from saekit.data.source import ActivationSource, check_finite
 from saekit.errors import SaekitError
