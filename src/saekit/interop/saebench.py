@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from saekit.interop.weights import THRESHOLDED
+
 
 @dataclass
 class SAEBenchConfig:
@@ -61,8 +63,7 @@ class SAEBenchConfig:
 
 
 ACTIVATION = {"relu": "relu", "topk": "topk", "gradient_topk": "topk", "gated": "relu",
-              **{a: "jumprelu" for a in ("jumprelu", "batchtopk", "matryoshka", "gradient_batchtopk",
-                                         "gradient_matryoshka")}}
+              **{a: "jumprelu" for a in THRESHOLDED}}
 """The JumpReLU family goes in as JumpReLU with its per-latent threshold (BatchTopK and Matryoshka: their
 global inference threshold in every latent, as the SAELens export does; gradient-free inference)."""
 ARCHITECTURE = {"relu": "standard", "topk": "topk", "gradient_topk": "topk", "gated": "gated",
