@@ -134,7 +134,8 @@ def test_hand_written_source_is_recorded_as_custom(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (dict(k=5), r"^saekit.train: sae.k is not used by a relu SAE \(it belongs to .*topk"),
     (dict(architecture="topk", l1_coeff=3.0), r"sae.l1_coeff is not used by a topk SAE"),
-    (dict(input_scale=7.0), r"sae.input_scale is estimated from the data"),
+    (dict(input_scale=7.0), r"sae.input_scale is estimated from the data .*; pass normalize_activations=False "
+                            r"to fix it yourself$"),
 ])
 def test_a_setting_the_architecture_ignores_is_refused_before_anything_is_written(tmp_path, extra, message):
     with pytest.raises(SaekitError, match=message):
@@ -147,7 +148,8 @@ def test_data_settings_are_checked_only_when_the_data_comes_from_cfg(tmp_path):
     array given, cfg.data's source is not used, but data.store_seed still shuffles the array: accepted."""
     cfg = TrainConfig(sae=SAEConfig(architecture="relu", n_latents=8), data=DataConfig(store="somewhere"),
                       steps=2, batch_size=32, progress=False, out_dir=str(tmp_path / "a"))
-    with pytest.raises(SaekitError, match="data.store is set but data.source is 'synthetic'"):
+    with pytest.raises(SaekitError, match="data.store is set but data.source is 'synthetic'; pass "
+                                          "data.source='store' to train on it$"):
         saekit.train(cfg)
     saekit.train(acts(), out_dir=str(tmp_path / "b"), data={"store_seed": 3}, **SMALL)
     assert (tmp_path / "b" / "sae" / "cfg.json").is_file()

@@ -15,6 +15,7 @@ dtype, and its held-out rows (the last ``data.array.eval_fraction``, 5% by defau
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,14 @@ def _is_source(obj: Any) -> bool:
     return callable(getattr(obj, "batches", None)) and callable(getattr(obj, "sample", None))
 
 
+def api_wording(message: str) -> str:
+    """A settings message in the Python API's terms: ``--no-foo-bar`` -> ``foo_bar=False``,
+    ``--data.source store`` -> ``data.source='store'`` (the checks are shared with the CLI)."""
+    message = re.sub(r"--no-([a-z0-9-]+)", lambda m: f"{m.group(1).replace('-', '_')}=False", message)
+    return re.sub(r"--([a-z0-9_.-]+) ([A-Za-z0-9_./-]+)",
+                  lambda m: f"{m.group(1).replace('-', '_')}={m.group(2)!r}", message)
+
+
 def train(*args: Any, source: Any = None, cfg: TrainConfig | None = None, grads: Any = None, resume: bool = False,
           **overrides: Any) -> SparseAutoencoder:
     """Train an SAE and return it (also saved to ``OUT/sae``).
@@ -87,7 +96,7 @@ def train(*args: Any, source: Any = None, cfg: TrainConfig | None = None, grads:
     try:
         check_settings_used(cfg, unused_settings(cfg) if source is None else unused_sae_settings(cfg))
     except SaekitError as e:
-        raise SaekitError(f"saekit.train: {e}") from None
+        raise SaekitError(f"saekit.train: {api_wording(str(e))}") from None
     out = Path(cfg.out_dir)
     heldout = None
     if source is None:
