@@ -158,3 +158,13 @@ def test_sweep_refuses_an_unused_setting_before_writing(tmp_path):
     with pytest.raises(SaekitError, match="sae.k=5 is used by no point of the sweep"):
         run_sweep(parse([*SMALL[:-2], "--sae.k", "5"]).cfg, [Point("relu", "l1_coeff", 1.0, 8)], out)
     assert not out.exists()
+
+
+def test_a_base_architecture_outside_the_grid_is_refused(tmp_path):
+    """--architectures alone chooses what trains: a --sae.architecture outside it would be ignored."""
+    from saekit.sweep import main as sweep_main
+
+    out = tmp_path / "sweep"
+    with pytest.raises(SaekitError, match=r"--sae.architecture gated is not among --architectures \(relu topk\)"):
+        sweep_main([*SMALL, "--sae.architecture", "gated", "--architectures", "relu", "topk", "--sweep-dir", str(out)])
+    assert not out.exists()

@@ -262,6 +262,11 @@ def main(argv: list[str]) -> None:
     for name in ("l1_coeffs", "l0_coeffs"):
         if any(v < 0 for v in getattr(cmd, name)):
             raise SaekitError(f"--{name.replace('_', '-')} must all be >= 0, got {' '.join(map(str, getattr(cmd, name)))}")
+    given = any(a == "--sae.architecture" or a.startswith("--sae.architecture=") for a in argv)
+    if given and cmd.cfg.sae.architecture not in cmd.architectures:
+        raise SaekitError(f"--sae.architecture {cmd.cfg.sae.architecture} is not among --architectures "
+                          f"({' '.join(cmd.architectures)}), which alone choose what the sweep trains: add it there "
+                          "or drop --sae.architecture")
     check_output_folder(cmd.sweep_dir, "sweep folder")
     points = grid(cmd.cfg, cmd.architectures, cmd.l1_coeffs, cmd.ks, cmd.widths, cmd.l0_coeffs)
     run_sweep(cmd.cfg, points, cmd.sweep_dir, cmd.cache_tokens, cmd.eval_tokens, cmd.splice_contexts,
