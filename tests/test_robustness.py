@@ -170,7 +170,7 @@ def test_a_fresh_cache_on_a_full_disk_leaves_no_store(tiny_lm_folder, small_tmpf
         main(["cache", "--model", str(w / "model"), "--corpus", str(w / "big.txt"), "--hookpoint", "resid_post.0",
               "--context-length", "16", "--shard-tokens", "150", "--max-tokens", "0", "--no-progress", "--out", str(out)])
     line = _one_error(capsys, e)
-    assert "no space left" in line and str(out) in line, line
+    assert "no space left" in line and str(out) in line and "needed" in line, line
     assert not list(small_tmpfs.rglob("*.tmp"))
     _listed_shards_are_whole(small_tmpfs)
 
@@ -199,3 +199,23 @@ def test_a_disk_too_full_for_the_lock_file_is_one_clear_error(small_tmpfs, capsy
     line = _one_error(capsys, e)
     assert "no space left" in line and str(out) in line, line
     assert not out.exists()
+
+
+def test_features_on_a_full_disk_is_one_clear_error(tiny_lm_folder, small_tmpfs, capsys, one_thread):
+    """`saekit features` writes features.json and index.html atomically: a full disk is one error line and
+    leaves no temporary file."""
+    from saekit.config import LMConfig
+
+    w = tiny_lm_folder
+    lm = LMConfig(model=str(w / "model"), hookpoint="resid_post.0", corpus=str(w / "corpus.txt"), context_length=16,
+                  eval_fraction=0.3, shuffle_buffer_tokens=128)
+    train(TrainConfig(sae=SAEConfig(architecture="relu", n_latents=200), data=DataConfig(source="lm", lm=lm), steps=2,
+                      batch_size=32, init_samples=64, progress=False, out_dir=str(w / "run")))
+    (small_tmpfs / "ballast").write_bytes(b"\0" * (256 - 12) * 1024)  # 12 KiB left: the lock fits, the ~360 KiB report not
+    out = small_tmpfs / "features"
+    with pytest.raises(SystemExit) as e:
+        main(["features", str(w / "run" / "sae"), "--n-contexts", "8", "--n-show", "100", "--n-examples", "3",
+              "--out", str(out)])
+    line = _one_error(capsys, e)
+    assert "no space left" in line and str(out) in line and "needed" in line, line
+    assert not list(small_tmpfs.rglob("*.tmp"))
