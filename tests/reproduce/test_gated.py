@@ -82,3 +82,35 @@ def test_smoke_end_to_end_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(splice, "evaluate_splice", refuse)
     main(["reproduce", "gated", "--scale", "smoke", "--work", str(work), "--out", str(out)])
     assert json.loads((out / "results.json").read_text())["rows"] == rows
+
+
+def test_dead_latents_are_counted_over_the_store_after_training(tmp_path):
+    """A latent that never fires on the counted store rows is dead; the count stops at dead_count_tokens."""
+    import types
+
+    import torch
+
+    from saekit.data.store import StoreWriter
+
+    writer = StoreWriter(tmp_path / "store" / "train", {"split": "train"})
+    x = torch.zeros(300, 2)
+    x[:100, 0] = 1.0  # latent 0 fires in the first 100 rows
+    x[250:, 1] = 1.0  # latent 1 fires only after row 250
+    writer.write_shard(x[:200], None, 1)
+    writer.write_shard(x[200:], None, 1)
+    writer.finish()
+
+    class Probe:
+        cfg = types.SimpleNamespace(n_latents=4)
+
+        def encode(self, rows):  # latents 2 and 3 never fire
+            return torch.cat([rows, torch.zeros(rows.shape[0], 2)], dim=1)
+
+    run = types.SimpleNamespace(work=tmp_path / "work")
+    cfg = GatedScale(store=str(tmp_path / "store"), dead_count_tokens=250)
+    assert gated._dead_over_store(cfg, run, "probe", Probe(), tmp_path / "store") == \
+        {"dead_fraction": 0.75, "dead_count_tokens": 250}
+    cfg = GatedScale(store=str(tmp_path / "store"), dead_count_tokens=1000)
+    run = types.SimpleNamespace(work=tmp_path / "work2")
+    assert gated._dead_over_store(cfg, run, "probe", Probe(), tmp_path / "store") == \
+        {"dead_fraction": 0.5, "dead_count_tokens": 300}

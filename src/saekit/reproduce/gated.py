@@ -69,6 +69,9 @@ class GatedScale:
     """Resample dead latents every this many steps (until half the run)."""
     dead_window_tokens: int = 1_000_000
     """Dead latent: no activation in this many training tokens (reported from the trainer)."""
+    dead_count_tokens: int = 1_000_000
+    """After training, a latent is dead if it never fires on this many store tokens (the train split's first
+    rows, in store order); unlike the trainer's window this works when an SAE trains on fewer tokens."""
     validation_contexts: int = 128
     """First held-out contexts: used to choose λ (L0, FVU from the store's eval split)."""
     test_contexts: int = 256
@@ -85,7 +88,7 @@ SCALES: dict[str, GatedScale] = {
     "smoke": GatedScale(store="", train_tokens=8192, eval_tokens=1024, gated_width=256, standard_width=384,
                         gated_lambdas=(2.0, 6.0), standard_lambdas=(1.0, 3.0), seeds=(0, 1),
                         validation_l0_targets=(60.0,), steps=12, batch_size=512, warmup_steps=2, resample_every=4,
-                        dead_window_tokens=4096, validation_contexts=2, test_contexts=4, splice_batch_contexts=4,
+                        dead_window_tokens=4096, dead_count_tokens=4096, validation_contexts=2, test_contexts=4, splice_batch_contexts=4,
                         n_boot=50, match_range=(0.1, 1000.0)),
     "cpu": GatedScale(lm=LMConfig(corpus="shakespeare+kjv"),
                       store="runs/reproduce/stores/smollm2-resid_post.9-shakespeare+kjv", train_tokens=2_048_000,
@@ -160,7 +163,8 @@ def reproduce(cfg: GatedScale, run: Any) -> Path:
     # 3. every SAE spliced into the model on the test contexts
     hp = resolve_hookpoint(model, cfg.lm.hookpoint)
     spliced = _splice(cfg, run, model, hp, saes, test_ctxs)
-    rows = [_row(cfg, run, name, saes[name], spliced[name], validation.get(name)) for name in saes]
+    dead = {name: _dead_over_store(cfg, run, name, sae, store) for name, sae in saes.items()}
+    rows = [_row(cfg, run, name, saes[name], spliced[name], validation.get(name)) | dead[name] for name in saes]
     analysis = analyse(cfg, rows, spliced)
     return _write(cfg, run, rows, analysis, seeded, n_val_tokens, spliced)
 
@@ -192,6 +196,27 @@ def _validation(run: Any, name: str, sae: Any, store: Path, n_tokens: int) -> di
         return stats.summary()
 
     return cached_json(run.work / "eval" / "validation" / f"{name}.json", compute)
+
+
+def _dead_over_store(cfg: GatedScale, run: Any, name: str, sae: Any, store: Path) -> dict[str, Any]:
+    """Share of latents that never fire on the first ``dead_count_tokens`` rows of the train split."""
+    import torch
+
+    from saekit.data.store import StoreSource, store_split_path
+    from saekit.reproduce.common import cached_json
+
+    def compute() -> dict[str, Any]:
+        fired = torch.zeros(sae.cfg.n_latents, dtype=torch.bool)
+        seen = 0
+        with torch.no_grad():
+            for batch in StoreSource(store_split_path(store, "train")).iter_all(cfg.dead_count_tokens):
+                for chunk in batch.acts[:cfg.dead_count_tokens - seen].float().split(8192):
+                    fired |= (sae.encode(chunk) > 0).any(dim=0)
+                    seen += chunk.shape[0]
+        return {"dead_fraction": float((~fired).float().mean()), "dead_count_tokens": seen}
+
+    out = cached_json(run.work / "eval" / "dead" / f"{name}.json", compute)
+    return {"dead_fraction": out["dead_fraction"], "dead_count_tokens": out["dead_count_tokens"]}
 
 
 def choose_seeded_lambdas(cfg: GatedScale, validation: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
@@ -301,7 +326,7 @@ def analyse(cfg: GatedScale, rows: list[dict[str, Any]], spliced: dict[str, Any]
         groups.setdefault((r["architecture"], r["l1_coeff"]), []).append(r)
     result["seeded"] = [{"architecture": a, "l1_coeff": lam, "seeds": len(rs),
                          **{m: mean_ci([r[m] for r in rs]) for m in ("l0", "loss_recovered", "gamma", "fvu", "kl",
-                                                                    "delta_ce", "dead_fraction_train_window")}}
+                                                                    "delta_ce", "dead_fraction")}}
                         for (a, lam), rs in sorted(groups.items()) if len(rs) > 1]
     if any(len(v) < 2 for v in by_arch.values()):
         result["matched"] = None
@@ -409,6 +434,9 @@ def _write(cfg: GatedScale, run: Any, rows: list[dict[str, Any]], analysis: dict
     from saekit.eval.splice import clean_json
     from saekit.reproduce.common import claims_table, fmt, fmt_ci, markdown_table, write_csv, write_readme
 
+    from saekit.data.store import read_manifest, store_split_path
+
+    store_tokens = int(read_manifest(store_split_path(store_path(cfg, run.work), "train"))["total_tokens"])
     write_csv(run.out / "runs.csv", rows)
     atomic_write_json(run.out / "results.json", clean_json({"command": run.command, "rows": rows,
                                                               "analysis": analysis, "seeded_lambdas": seeded}))
@@ -419,7 +447,7 @@ def _write(cfg: GatedScale, run: Any, rows: list[dict[str, Any]], analysis: dict
         [(r["architecture"], r["n_latents"], f"{r['l1_coeff']:g}", r["seed"], fmt(r["l0"], 1),
           f"{fmt(r['loss_recovered'])} [{fmt(r['loss_recovered_lo'])}, {fmt(r['loss_recovered_hi'])}]",
           fmt(r["loss_recovered_mean_ablation"]), fmt(r["delta_ce"]), fmt(r["kl"]), fmt(r["fvu"]), fmt(r["gamma"]),
-          fmt(r["dead_fraction_train_window"], 3)) for r in sorted(rows, key=lambda r: (r["architecture"], r["l0"]))],
+          fmt(r["dead_fraction"], 3)) for r in sorted(rows, key=lambda r: (r["architecture"], r["l0"]))],
         ["arch", "latents", "λ", "seed", "L0", "loss recovered [95% CI]", "LR (mean abl.)", "ΔCE", "KL", "FVU", "γ",
          "dead"])
     matched_rows = analysis.get("matched") or []
@@ -430,7 +458,7 @@ def _write(cfg: GatedScale, run: Any, rows: list[dict[str, Any]], analysis: dict
         if matched_rows else f"(no matched comparison: {analysis.get('why', '')})"
     seeded_table = markdown_table(
         [(s["architecture"], f"{s['l1_coeff']:g}", s["seeds"], fmt_ci(s["l0"], 1), fmt_ci(s["loss_recovered"]),
-          fmt_ci(s["gamma"]), fmt_ci(s["kl"]), fmt_ci(s["dead_fraction_train_window"])) for s in analysis["seeded"]],
+          fmt_ci(s["gamma"]), fmt_ci(s["kl"]), fmt_ci(s["dead_fraction"])) for s in analysis["seeded"]],
         ["arch", "λ", "seeds", "L0", "loss recovered", "γ", "KL", "dead"]) if analysis["seeded"] else "(one seed)"
     lm = cfg.lm
     sections = [
@@ -456,18 +484,19 @@ def _write(cfg: GatedScale, run: Any, rows: list[dict[str, Any]], analysis: dict
         f"used to choose λ). Test: the next {cfg.test_contexts} contexts, {first['ce_tokens']:,} counted next-token "
         f"predictions: CE clean {first['ce_clean']:.3f}, zero-ablated {first['ce_zero']:.3f}, mean-ablated "
         f"{first['ce_mean_ablation']:.3f}. L0, FVU and γ are on the test tokens.\n"
-        f"- Dead: no activation in the last {cfg.dead_window_tokens:,} training tokens (the trainer's window)."
-        + (f" **Each SAE saw only {cfg.steps * cfg.batch_size:,} tokens, fewer than that window, so no latent "
-           "can be counted dead: the dead column is 0 by construction, not evidence.**"
-           if cfg.steps * cfg.batch_size < cfg.dead_window_tokens else ""),
+        f"- Dead (the tables' column): never fires on the first {rows[0]['dead_count_tokens']:,} tokens of the store's "
+        "train split, counted after training (`runs.csv` also keeps the trainer's own window, "
+        f"`dead_fraction_train_window`, no activation in the last {cfg.dead_window_tokens:,} training tokens"
+        + (f", which is 0 by construction here: each SAE saw only {cfg.steps * cfg.batch_size:,} tokens)."
+           if cfg.steps * cfg.batch_size < cfg.dead_window_tokens else ")."),
         "## Caveats\n\n"
         "- Loss recovered saturates near 1 at this hookpoint (zero ablation is a very weak baseline: CE "
         f"{first['ce_zero']:.2f} vs clean {first['ce_clean']:.2f}); several SAEs recover slightly *more* than "
         "clean (ΔCE < 0). The matched comparison therefore lives in a narrow band of loss recovered and rests on "
         "a linear fit of loss recovered in log L0; KL and ΔCE per run (table below) are the more sensitive "
         "fidelity measures and tell the same story at matched L0.\n"
-        "- Scale: see the configuration; the issue's 4,608 vs 6,912 latents and >= 2M tokens did not fit a "
-        "2-core session (the corpus itself holds 1.62M training tokens).",
+        f"- Scale: {cfg.steps * cfg.batch_size:,} tokens per SAE, drawn (per seed, in its own order) from a store "
+        f"of {store_tokens:,} training tokens; a longer run per SAE would move both frontiers.",
         "## L0 and γ at matched loss recovered\n\n" + matched_table,
         "## Seeds (mean and t-interval)\n\n" + seeded_table,
         "## Every run\n\n" + run_table + "\n\nPlots: `frontier.png` (loss recovered vs L0, with the fits), "
