@@ -175,7 +175,7 @@ CACHE = ["cache", "--model", "{w}/model", "--corpus", "{w}/corpus.txt", "--hookp
          "--context-length", "16", "--no-progress", "--out", "{w}/newstore"]
 STORE_TRAIN = ["train", "--data.source", "store", "--data.store", "{w}/store", "--sae.architecture", "relu",
                "--sae.n-latents", "16", "--steps", "2", "--batch-size", "32", "--no-progress", "--out-dir", "{w}/new"]
-SWEEP = ["sweep", *SYN, "--sweep-dir", "{w}/sweep", "--eval-tokens", "64"]
+SWEEP = ["sweep", *SYN[2:], "--sweep-dir", "{w}/sweep", "--eval-tokens", "64"]  # --architectures chooses
 EVAL = ["eval", "{w}/topk", "--data.source", "synthetic", "--data.synthetic.d", "4", "--tokens", "64"]
 
 # (id, setup, argv, what the error line must say)
@@ -295,6 +295,8 @@ CASES = [
     ("sweep-width-zero", nothing, [*SWEEP, "--widths", "0"], "--widths must all be positive"),
     ("sweep-k-zero", nothing, [*SWEEP, "--architectures", "topk", "--ks", "0"], "--ks must all be positive"),
     ("sweep-l1-nan", nothing, [*SWEEP, "--l1-coeffs", "nan"], "l1_coeffs must be a finite"),
+    ("sweep-base-architecture-outside-grid", nothing, [*SWEEP, "--sae.architecture", "gated", "--architectures", "relu"],
+     "--sae.architecture gated is not among --architectures \\(relu\\)"),
     ("sweep-every-point-fails", nothing, [*SWEEP, "--architectures", "topk", "--ks", "999", "--widths", "16"],
      "every point of the sweep failed"),
     ("sweep-k-with-l1-architectures", nothing, [*SWEEP, "--architectures", "relu", "gated", "--sae.k", "5"],
