@@ -114,3 +114,13 @@ def test_dead_latents_are_counted_over_the_store_after_training(tmp_path):
     run = types.SimpleNamespace(work=tmp_path / "work2")
     assert gated._dead_over_store(cfg, run, "probe", Probe(), tmp_path / "store") == \
         {"dead_fraction": 0.5, "dead_count_tokens": 300}
+
+
+def test_train_configs_use_only_settings_of_their_architecture(tmp_path):
+    from saekit.settings import check_settings_used
+
+    for arch in ("gated", "relu"):
+        tc = gated.train_config(gated.SCALES["cpu"], tmp_path, arch, 2.0, 0)
+        check_settings_used(tc)  # no field the architecture would ignore
+        assert tc.sae.n_latents == (4608 if arch == "gated" else 6912)
+    assert gated.train_config(gated.SCALES["cpu"], tmp_path, "relu", 2.0, 0).sae.unit_norm_atoms

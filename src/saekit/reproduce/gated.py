@@ -122,7 +122,9 @@ def train_config(cfg: GatedScale, work: Path, architecture: str, l1: float, seed
 
     ``architecture`` is ``gated`` or ``relu`` (the standard SAE, unit-norm atoms)."""
     width = cfg.gated_width if architecture == "gated" else cfg.standard_width
-    sae = SAEConfig(architecture=architecture, n_latents=width, l1_coeff=l1, unit_norm_atoms=True)
+    # Gated always keeps unit-norm atoms; the standard SAE (relu) is told to, as in the paper's baseline
+    unit_norm = {"unit_norm_atoms": True} if architecture == "relu" else {}
+    sae = SAEConfig(architecture=architecture, n_latents=width, l1_coeff=l1, **unit_norm)
     return TrainConfig(sae=sae, data=DataConfig(source="store", store=str(store_path(cfg, work)), store_seed=seed),
                        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                        resample_every=cfg.resample_every, dead_window_tokens=cfg.dead_window_tokens,
