@@ -133,11 +133,11 @@ def documents(corpus: str, column: str = "text") -> Iterator[str]:
         for part in parts:
             yield from _bundled_documents(part, column)
         return
-    if "+" in corpus and not Path(corpus).expanduser().exists():
+    path = Path(corpus).expanduser()
+    if "+" in corpus and not path.exists():
         unknown = [part for part in parts if part not in BUNDLED_CORPORA]
         raise SaekitError(f"corpus {corpus!r}: only bundled corpora ({', '.join(BUNDLED_CORPORA)}) can be "
                           f"joined with '+'; not {', '.join(map(repr, unknown))}")
-    path = Path(corpus).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
         if not files:

@@ -93,6 +93,13 @@ def ensure_store(lm: Any, path: Path, split: str, max_tokens: int, fp16: bool, s
     return Path(path)
 
 
+def store_tokens(store: Path, split: str) -> int:
+    """Tokens in one split of an activation store (from its manifest)."""
+    from saekit.data.store import read_manifest, store_split_path
+
+    return int(read_manifest(store_split_path(store, split))["total_tokens"])
+
+
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Path:
     cols = list(columns) if columns else list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()

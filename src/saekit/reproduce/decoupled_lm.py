@@ -418,14 +418,8 @@ def reproduce(cfg: DecoupledLMScale, run: Any) -> Path:
     hp = resolve_hookpoint(model, gcfg.lm.hookpoint)
     chunks = _test(cfg, run, work, enc, specs, model, hp, test_ctxs)
     results = analyse(cfg, specs, chunks)
-    results["store_train_tokens"] = _total_tokens(store, "train")
+    results["store_train_tokens"] = common.store_tokens(store, "train")
     return _write(cfg, run, gcfg, tc, store, specs, selection, results, n_val_tokens)
-
-
-def _total_tokens(store: Path, split: str) -> int:
-    from saekit.data.store import read_manifest, store_split_path
-
-    return int(read_manifest(store_split_path(store, split))["total_tokens"])
 
 
 def _validate(cfg: DecoupledLMScale) -> None:

@@ -88,8 +88,8 @@ SCALES: dict[str, GatedScale] = {
     "smoke": GatedScale(store="", train_tokens=8192, eval_tokens=1024, gated_width=256, standard_width=384,
                         gated_lambdas=(2.0, 6.0), standard_lambdas=(1.0, 3.0), seeds=(0, 1),
                         validation_l0_targets=(60.0,), steps=12, batch_size=512, warmup_steps=2, resample_every=4,
-                        dead_window_tokens=4096, dead_count_tokens=4096, validation_contexts=2, test_contexts=4, splice_batch_contexts=4,
-                        n_boot=50, match_range=(0.1, 1000.0)),
+                        dead_window_tokens=4096, dead_count_tokens=4096, validation_contexts=2, test_contexts=4,
+                        splice_batch_contexts=4, n_boot=50, match_range=(0.1, 1000.0)),
     "cpu": GatedScale(lm=LMConfig(corpus="shakespeare+kjv"),
                       store="runs/reproduce/stores/smollm2-resid_post.9-shakespeare+kjv", train_tokens=2_048_000,
                       gated_width=4608, standard_width=6912, steps=250),
@@ -217,8 +217,7 @@ def _dead_over_store(cfg: GatedScale, run: Any, name: str, sae: Any, store: Path
                     seen += chunk.shape[0]
         return {"dead_fraction": float((~fired).float().mean()), "dead_count_tokens": seen}
 
-    out = cached_json(run.work / "eval" / "dead" / f"{name}.json", compute)
-    return {"dead_fraction": out["dead_fraction"], "dead_count_tokens": out["dead_count_tokens"]}
+    return cached_json(run.work / "eval" / "dead" / f"{name}.json", compute)
 
 
 def choose_seeded_lambdas(cfg: GatedScale, validation: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
@@ -434,11 +433,10 @@ def _write(cfg: GatedScale, run: Any, rows: list[dict[str, Any]], analysis: dict
            seeded: dict[str, list[float]], n_val_tokens: int, spliced: dict[str, Any]) -> Path:
     from saekit.io import atomic_write_json
     from saekit.eval.splice import clean_json
-    from saekit.reproduce.common import claims_table, fmt, fmt_ci, markdown_table, write_csv, write_readme
+    from saekit.reproduce.common import (claims_table, fmt, fmt_ci, markdown_table, store_tokens as split_tokens,
+                                         write_csv, write_readme)
 
-    from saekit.data.store import read_manifest, store_split_path
-
-    store_tokens = int(read_manifest(store_split_path(store_path(cfg, run.work), "train"))["total_tokens"])
+    store_tokens = split_tokens(store_path(cfg, run.work), "train")
     write_csv(run.out / "runs.csv", rows)
     atomic_write_json(run.out / "results.json", clean_json({"command": run.command, "rows": rows,
                                                               "analysis": analysis, "seeded_lambdas": seeded}))
