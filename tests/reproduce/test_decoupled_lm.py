@@ -7,6 +7,7 @@ import csv
 import functools
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,21 @@ def test_smoke_end_to_end_then_resumed_from_cache(tmp_path, monkeypatch):
     assert rerun["results"]["rows"] == results["results"]["rows"]
     assert [c["verdict"] for c in rerun["claims"]] == [c["verdict"] for c in claims]
     assert again.read_text().split("## Verdicts")[1] == text.split("## Verdicts")[1]
+
+
+def test_a_longer_frozen_sae_is_its_own_run_and_otherwise_the_gated_one(tmp_path):
+    """sae_steps trains the Gated recipe longer in decoupled-lm's work folder (never resuming the Gated
+    reproduction's shorter run of the same λ and seed); 0 reuses that run as it is."""
+    from saekit.reproduce import gated
+
+    gcfg = gated.SCALES["cpu"]
+    own = gated.train_config(gcfg, tmp_path / "gated", "gated", 3.0, 0)
+    longer = dlm.sae_train_config(replace(dlm.SCALES["cpu"], l1=3.0), gcfg, tmp_path / "gated", tmp_path / "dlm")
+    assert longer.steps == 1000 and longer.steps * longer.batch_size >= 2_000_000
+    assert Path(longer.out_dir) == tmp_path / "dlm" / "sae" / f"{Path(own.out_dir).name}-1000steps"
+    assert (longer.sae, longer.data, longer.lr, longer.resample_every) == (own.sae, own.data, own.lr, own.resample_every)
+    same = dlm.sae_train_config(replace(dlm.SCALES["cpu"], l1=3.0, sae_steps=0), gcfg, tmp_path / "gated",
+                                tmp_path / "dlm")
+    assert same == own
+    with pytest.raises(SaekitError, match="sae_steps"):
+        dlm._validate(replace(dlm.SCALES["cpu"], sae_steps=-1))

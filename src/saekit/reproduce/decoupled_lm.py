@@ -80,6 +80,10 @@ class DecoupledLMScale:
     """Latents of that SAE; 0 = the Gated scale's own width (so its run is reused). Smoke: fewer, so that an
     untrained SAE's L0 (about half its latents) keeps pursuit cheap."""
     sae_seed: int = 0
+    sae_steps: int = 1000
+    """Optimiser steps of the frozen SAE; 0 = the Gated scale's own (its run is reused). The cpu default,
+    1000 x 2048 = 2,048,000 tokens, is one pass over the Gated store (the issue asks for >= 2M tokens; the
+    Gated reproduction's own SAEs see 512k each), trained in this reproduction's work folder."""
     validation_contexts: int = 16
     """First held-out contexts: every hyperparameter is chosen on their activations (the store's eval rows)."""
     test_contexts: int = 256
@@ -127,13 +131,13 @@ class DecoupledLMScale:
 
 
 SCALES: dict[str, DecoupledLMScale] = {
-    "smoke": DecoupledLMScale(gated_scale="smoke", gated_work="", l1=6.0, sae_width=64, validation_contexts=4, test_contexts=4,
+    "smoke": DecoupledLMScale(gated_scale="smoke", gated_work="", l1=6.0, sae_width=64, sae_steps=0, validation_contexts=4, test_contexts=4,
                               splice_batch_contexts=2, chunk_contexts=2, frontier_contexts=2, search_evals=2,
                               fista_iters=10, ito_iters=5, refit_iters=10, mlp_seeds=(0, 1), mlp_hidden=64,
                               mlp_search_trainings=2, mlp_steps=10, mlp_batch=256, mlp_train_tokens=2048,
                               n_boot=50),
     "cpu": DecoupledLMScale(),
-    "gpu": DecoupledLMScale(gated_scale="gpu", gated_work="runs/reproduce/gated-gpu", validation_contexts=64,
+    "gpu": DecoupledLMScale(gated_scale="gpu", gated_work="runs/reproduce/gated-gpu", sae_steps=0, validation_contexts=64,
                             test_contexts=1024, splice_batch_contexts=16, chunk_contexts=128, frontier_contexts=1024,
                             search_evals=6, fista_iters=200, fista_tol=1e-4, ito_iters=50, mlp_random_seeds=(0, 1, 2),
                             mlp_hidden=4096, mlp_search_trainings=3, mlp_steps=5000, mlp_batch=4096,
@@ -397,7 +401,7 @@ def reproduce(cfg: DecoupledLMScale, run: Any) -> Path:
     for split, tokens in (("train", gcfg.train_tokens), ("eval", gcfg.eval_tokens)):
         _log(run, f"activation store {store} ({split})")
         common.ensure_store(gcfg.lm, store, split, tokens, gcfg.fp16, model=model, tokenizer=tokenizer)
-    tc = gated.train_config(gcfg, gwork, "gated", cfg.l1, cfg.sae_seed)
+    tc = sae_train_config(cfg, gcfg, gwork, run.work)
     _log(run, f"SAE {tc.out_dir}")
     sae = common.train_or_resume(tc).eval().requires_grad_(False).to(cfg.device)
     D = FrozenDictionary.from_sae(sae)
@@ -422,6 +426,19 @@ def reproduce(cfg: DecoupledLMScale, run: Any) -> Path:
     return _write(cfg, run, gcfg, tc, store, specs, selection, results, n_val_tokens)
 
 
+def sae_train_config(cfg: DecoupledLMScale, gcfg: Any, gated_work: Path, work: Path) -> Any:
+    """The frozen SAE's recipe: the Gated reproduction's at ``cfg.l1`` and ``cfg.sae_seed``, with
+    ``cfg.sae_steps`` steps when set. A longer run lives in this reproduction's own work folder, so the Gated
+    reproduction's run of the same λ and seed (fewer steps) is never resumed with other settings."""
+    from saekit.reproduce import gated
+
+    tc = gated.train_config(gcfg, gated_work, "gated", cfg.l1, cfg.sae_seed)
+    if not cfg.sae_steps or cfg.sae_steps == tc.steps:
+        return tc
+    name = f"{Path(tc.out_dir).name}-{cfg.sae_steps}steps"
+    return replace(tc, steps=cfg.sae_steps, out_dir=str(Path(work) / "sae" / name))
+
+
 def _validate(cfg: DecoupledLMScale) -> None:
     b = cfg.splice_batch_contexts
     if b < 1 or cfg.chunk_contexts % b or cfg.frontier_contexts % b:
@@ -432,6 +449,8 @@ def _validate(cfg: DecoupledLMScale) -> None:
         raise SaekitError("l0_ratios must contain 1.0 (the SAE's own L0: the matched comparison)")
     if not cfg.mlp_seeds:
         raise SaekitError("mlp_seeds must name at least one seed")
+    if cfg.sae_steps < 0:
+        raise SaekitError("sae_steps must be >= 0 (0 = the Gated scale's own steps)")
 
 
 def _log(run: Any, message: str) -> None:
@@ -1015,7 +1034,10 @@ def _write(cfg: DecoupledLMScale, run: Any, gcfg: Any, tc: Any, store: Path, spe
         f"contexts (BOS excluded). Store `{store}` ({'fp16' if gcfg.fp16 else 'fp32'}), the Gated reproduction's "
         f"(scale `{cfg.gated_scale}`).\n"
         f"- Frozen dictionary: the Gated SAE `{tc.out_dir}` ({tc.sae.n_latents} latents, λ = {cfg.l1:g}, seed "
-        f"{cfg.sae_seed}; {tc.steps} steps x {tc.batch_size} tokens), the Gated reproduction's own run.\n"
+        f"{cfg.sae_seed}; {tc.steps} steps x {tc.batch_size} = {tc.steps * tc.batch_size:,} tokens), "
+        + ("the Gated reproduction's own run" if not cfg.sae_steps or cfg.sae_steps == gcfg.steps else
+           f"the Gated reproduction's recipe run for {tc.steps} instead of {gcfg.steps} steps (its resampling "
+           f"every {tc.resample_every} steps until half the run)") + ".\n"
         f"- Validation: the first {cfg.validation_contexts} held-out contexts ({n_val_tokens:,} tokens, from the "
         f"store's eval split). The SAE's L0 there is {selection['sae_l0']:.2f}; targets "
         f"{', '.join(f'{float(k):g}x = {v:.1f}' for k, v in selection['targets'].items())}. Each family's k or λ is "
