@@ -221,6 +221,19 @@ def test_trainer_switches_auxk_on_when_latents_die(tmp_path):
     assert rows[0]["auxk"] == 0.0  # step 1: nothing has had time to die
     assert all(r["dead_fraction"] > 0 and r["auxk"] > 0 for r in rows[1:])
     assert all(r["auxk"] == 0.0 for r in logged(10_000_000, "long"))
+    # the default (0) is scaled to the run: 4 x 32 tokens -> at least one batch, so AuxK switches on as with 32
+    assert [r["auxk"] for r in logged(0, "default")] == [r["auxk"] for r in rows]
+
+
+def test_run_scaled_auxk_dead_threshold():
+    """0 = 1% of the run's tokens, at least one batch, at most Gao et al.'s 10M; a set value is kept."""
+    from saekit.train.dead_latents import auxk_dead_tokens
+
+    assert auxk_dead_tokens(0, 250 * 2048, 2048) == 5120  # 1% of 512,000
+    assert auxk_dead_tokens(0, 4 * 32, 32) == 32  # 1% (1) is less than a batch
+    assert auxk_dead_tokens(0, 10**10, 4096) == 10_000_000  # 1% (1e8) is capped
+    assert auxk_dead_tokens(777, 10**10, 4096) == 777
+    assert SAEConfig().dead_tokens == 0
 
 
 def test_topk_keeps_exactly_k_latents(device):

@@ -2,8 +2,9 @@
 
 SAELens and sparsify pin dependencies that cannot live in saekit's venv, so their side of every test runs
 in their own venv through ``tests/interop/peer_job.py``, in one subprocess per test session (importing
-SAELens takes ~20 s). The venv is built by ``benchmarks/setup_peers.sh`` when absent (about 2 minutes
-from a package index); if it cannot be built (no network), the peer tests skip and say why.
+SAELens takes ~20 s). The venv, SAEBench included, is built by ``benchmarks/setup_peers.sh --with-saebench``
+when absent (2-7 minutes from a package index, mostly downloads); if it cannot be built (no network), the
+peer tests skip and say why. SAEKIT_SKIP_SAEBENCH=1 builds it without SAEBench (whose test then skips).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ PYTHON = VENV / "bin" / "python"
 SETUP = ROOT / "benchmarks" / "setup_peers.sh"
 JOB = Path(__file__).with_name("peer_job.py")
 CHECK = "import sae_lens, sparsify, safetensors"
+CHECK_SAEBENCH = "import sae_bench.custom_saes.base_sae"
 
 
 def _env() -> dict[str, str]:
@@ -30,28 +32,38 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _works() -> bool:
+def _works(check: str = CHECK) -> bool:
     if not PYTHON.is_file():
         return False
-    return subprocess.run([str(PYTHON), "-c", CHECK], env=_env(), capture_output=True, timeout=300).returncode == 0
+    return subprocess.run([str(PYTHON), "-c", check], env=_env(), capture_output=True, timeout=300).returncode == 0
+
+
+def _wanted() -> tuple[str, list[str]]:
+    """(what a complete peer venv imports, the setup command that builds it)."""
+    if os.environ.get("SAEKIT_SKIP_SAEBENCH"):
+        return CHECK, ["bash", str(SETUP)]
+    return f"{CHECK}; {CHECK_SAEBENCH}", ["bash", str(SETUP), "--with-saebench"]
 
 
 def ensure_peer_env(timeout: float = 1200) -> tuple[Path | None, str]:
     """(python of the peer venv, note); (None, why) when it is absent and cannot be built."""
     if os.environ.get("SAEKIT_SKIP_PEERS"):
         return None, "SAEKIT_SKIP_PEERS is set"
-    if _works():
+    check, command = _wanted()
+    if _works(check):
         return PYTHON, "present"
     start = time.monotonic()
     try:
-        build = subprocess.run(["bash", str(SETUP)], env=_env(), capture_output=True, text=True, timeout=timeout)
+        build = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return None, f"building {VENV} with {SETUP} took over {timeout:.0f} s"
+        build = None
     took = time.monotonic() - start
-    if build.returncode != 0 or not _works():
+    if not _works():  # without SAEBench the other peer tests still run; its own test says why it skips
+        if build is None:
+            return None, f"building {VENV} with {SETUP} took over {timeout:.0f} s"
         tail = " | ".join((build.stdout + build.stderr).strip().splitlines()[-3:])
         return None, f"could not build {VENV} with {SETUP} (no network?): {tail}"
-    return PYTHON, f"built in {took:.0f} s"
+    return PYTHON, f"built in {took:.0f} s" + ("" if _works(check) else " (SAEBench did not install)")
 
 
 def run_job(python: Path, job: dict, folder: Path, timeout: float = 900) -> dict:
@@ -72,7 +84,7 @@ EXPORTS = {"relu": {}, "gated": {}, "topk": {"k": K}, "gradient_topk": {"k": K, 
            "batchtopk": {"k": K}, "matryoshka": {"k": K}}
 SPARSIFY_EXPORTS = ("topk", "gradient_topk")
 THRESHOLDED = ("jumprelu", "batchtopk", "matryoshka")  # SAELens jumprelu: codes gated by thresholds
-SAEBENCH_EXPORTS = ("relu", "gated", "topk", "gradient_topk")  # the SAEBench adapter's architectures
+SAEBENCH_EXPORTS = ("relu", "gated", "topk", "gradient_topk", *THRESHOLDED)  # the SAEBench adapter's architectures
 SAELENS_MADE = [("standard", "standard", {}), ("standard_no_bdec", "standard", {"apply_b_dec_to_input": False}),
                 ("gated", "gated", {}), ("topk", "topk", {"k": K}),
                 ("topk_rescaled", "topk", {"k": K, "rescale_acts_by_decoder_norm": True}),

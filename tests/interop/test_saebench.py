@@ -52,6 +52,22 @@ def test_adapter_interface_and_agreement(arch):
     assert isinstance(a.cfg.to_dict(), dict)
 
 
+def test_adapter_imports_nothing_of_saekit():
+    """SAEBench's environment loads the adapter by file path, without saekit: its module-level imports must be
+    torch and the standard library only (saekit is imported inside the functions that run in saekit's own
+    environment), and its copy of the thresholded architectures must equal saekit's."""
+    import ast
+
+    from saekit.interop import saebench, weights
+
+    tree = ast.parse(Path(saebench.__file__).read_text())
+    top = tree.body  # module level only
+    roots = {alias.name.split(".")[0] for node in top if isinstance(node, ast.Import) for alias in node.names}
+    roots |= {node.module.split(".")[0] for node in top if isinstance(node, ast.ImportFrom) and node.module}
+    assert roots <= {"__future__", "dataclasses", "typing", "math", "torch"}, roots
+    assert saebench.THRESHOLDED == weights.THRESHOLDED
+
+
 def test_unit_scale_unit_atoms_pass_the_decoder_norm_check():
     sae = tiny_sae("topk", k=3)
     assert as_saebench(sae, "m", 0).check_decoder_norms()
@@ -61,8 +77,8 @@ def test_saebench_runs_its_own_code_on_the_adapter(peers):
     """In the peer venv: SAEBench's load_and_format_sae and its core eval's weight-based metrics (no hub needed)."""
     results = peers["results"]
     if "saebench_missing" in results:
-        pytest.skip("sae_bench is not installed in the peer environment (it is large, so the test run does not "
-                    "install it): bash benchmarks/setup_peers.sh --with-saebench")
+        pytest.skip(f"sae_bench does not import in the peer environment ({results['saebench_missing']}); "
+                    "build it with: bash benchmarks/setup_peers.sh --with-saebench")
     x = peers["x"]
     for arch in SAEBENCH_EXPORTS:
         sae = peers["ours"][arch]

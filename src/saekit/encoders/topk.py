@@ -25,8 +25,10 @@ class TopKParams:
     """Dead latents used by AuxK; 0 means d_in // 2 (always capped by the number of dead latents)."""
     aux_coeff: float = 1 / 32
     """Weight of the AuxK loss."""
-    dead_tokens: int = 10_000_000
-    """A latent is dead for AuxK when it has not fired in this many tokens."""
+    dead_tokens: int = 0
+    """A latent is dead for AuxK when it has not fired in this many tokens; 0 = scaled to the run:
+    1% of its training tokens (at least one batch), at most Gao et al.'s 10,000,000 (their LM value, which
+    a run shorter than 10M tokens never reaches, so AuxK would never switch on)."""
     kernels: Literal["auto", "dense", "sparse"] = "auto"
     """Training kernels: sparse runs the decoder, the encoder backward (and the gated auxiliary pass) on
     the active latents only; dense uses full matmuls; auto picks per batch by measured code density."""
@@ -39,8 +41,9 @@ class TopKFamily(AuxKMixin, StatedSAE):
     def validate(cls, cfg) -> None:
         if not 0 < cfg.k <= cfg.n_latents:
             raise SaekitError(f"sae.k must lie in [1, n_latents={cfg.n_latents}], got {cfg.k}")
-        if cfg.k_aux < 0 or cfg.aux_coeff < 0 or cfg.dead_tokens <= 0:
-            raise SaekitError("sae.k_aux and sae.aux_coeff must be >= 0 and sae.dead_tokens > 0")
+        if cfg.k_aux < 0 or cfg.aux_coeff < 0 or cfg.dead_tokens < 0:
+            raise SaekitError("sae.k_aux, sae.aux_coeff and sae.dead_tokens must be >= 0 (dead_tokens 0: scaled "
+                              "to the run)")
         kernels.check_mode(cfg.kernels)
 
     def objective(self, x: Tensor, sel: Selected, sparsity_scale: float, dead_mask: Tensor | None) -> LossOutput:
@@ -59,9 +62,6 @@ class TopKFamily(AuxKMixin, StatedSAE):
 
     def observe(self, a: Active, f: Tensor) -> None:
         """Look at a training batch's codes (BatchTopK estimates its inference threshold here)."""
-
-    def dead_mask(self, tokens_since_fired: Tensor) -> Tensor:
-        return tokens_since_fired >= self.cfg.dead_tokens
 
 
 @register

@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saekit.interop.weights import THRESHOLDED
+# The thresholded architectures (codes z ⊙ H(z − θ)): the same tuple as ``saekit.interop.weights.THRESHOLDED``
+# (a test keeps the two equal), written out because this file must import nothing of saekit (see above).
+THRESHOLDED = ("jumprelu", "batchtopk", "matryoshka", "gradient_batchtopk", "gradient_matryoshka")
 
 
 @dataclass

@@ -18,4 +18,6 @@ REPRODUCTIONS: dict[str, tuple[str, str]] = {
                             "known/unknown codes and dictionary, N x M x K grid", "decoupled_synthetic"),
     "decoupled-lm": ("O'Neill et al. 2024 on a frozen LM dictionary: amortisation gap of SAE/MLP encoders vs "
                      "MP/OMP, FISTA+refit, SAE+ITO, with FLOPs", "decoupled_lm"),
+    "architectures": ("TopK, BatchTopK, Matryoshka, JumpReLU beside Gated and standard: synthetic recovery "
+                      "and the LM frontier on the Gated store, with seeds", "architectures"),
 }

@@ -15,7 +15,7 @@ from saekit.lock import output_lock
 from saekit.reproduce import REPRODUCTIONS
 from saekit.reproduce.common import Run
 
-Name = Literal["gated", "gsae", "decoupled-synthetic", "decoupled-lm"]
+Name = Literal["gated", "gsae", "decoupled-synthetic", "decoupled-lm", "architectures"]
 assert set(Name.__args__) == set(REPRODUCTIONS)  # type: ignore[attr-defined]
 
 
@@ -24,7 +24,7 @@ class ReproduceCommand:
     name: Annotated[Name, tyro.conf.Positional]
     """Which reproduction: gated (Gated vs standard), gsae (g-SAE vs TopK), decoupled-synthetic
     (O'Neill et al. synthetic benchmark), decoupled-lm (encoders and iterative inference on a frozen
-    LM dictionary)."""
+    LM dictionary), architectures (TopK, BatchTopK, Matryoshka, JumpReLU beside Gated and standard)."""
     scale: Literal["smoke", "cpu", "gpu"] = "cpu"
     """smoke: the pipeline and its write-up end to end in seconds (not the science); cpu: sized for a
     working session on 2 CPU cores; gpu: >= 20M tokens on one GPU."""

@@ -29,6 +29,18 @@ class DeadLatentTracker:
         return self.dead(window_tokens).float().mean().item()
 
 
+AUXK_DEAD_TOKENS_CAP = 10_000_000
+"""Gao et al.'s AuxK dead threshold for LM runs of billions of tokens: the most a run-scaled one can be."""
+
+
+def auxk_dead_tokens(dead_tokens: int, run_tokens: int, batch_size: int) -> int:
+    """The AuxK dead threshold in tokens: ``dead_tokens`` when set (> 0), else 1% of the run's training
+    tokens, at least one batch and at most ``AUXK_DEAD_TOKENS_CAP``."""
+    if dead_tokens > 0:
+        return dead_tokens
+    return min(AUXK_DEAD_TOKENS_CAP, max(batch_size, run_tokens // 100))
+
+
 @torch.no_grad()
 def resample_dead_latents(sae: SparseAutoencoder, x_scaled: Tensor, x_hat_scaled: Tensor, dead: Tensor,
                           optimizer: torch.optim.Optimizer) -> int:

@@ -28,7 +28,7 @@ from saekit.lock import holds, output_lock
 from saekit.rng import stream_seed
 from saekit.sae import SparseAutoencoder, architecture_class, build_sae
 from saekit.train.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from saekit.train.dead_latents import DeadLatentTracker, FreshAdamRows, resample_dead_latents
+from saekit.train.dead_latents import DeadLatentTracker, FreshAdamRows, auxk_dead_tokens, resample_dead_latents
 from saekit.train.initialisation import geometric_median, input_scale
 from saekit.train.schedules import lr_factor, sparsity_factor
 from saekit.train.tracking import WandbTracker
@@ -280,7 +280,8 @@ class Trainer:
         lr = cfg.lr * lr_factor(self.step, cfg, self.last_resample)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        dead_mask = self.tracker.dead(sae.cfg.dead_tokens)  # AuxK reads it; L1 architectures ignore it
+        # AuxK reads it; L1 architectures ignore it
+        dead_mask = self.tracker.dead(auxk_dead_tokens(sae.cfg.dead_tokens, cfg.steps * cfg.batch_size, cfg.batch_size))
         out = train_step(sae, self.optimizer, x, sparsity_scale=sparsity_factor(self.step, cfg), dead_mask=dead_mask,
                          grads=grads, grad_clip=cfg.grad_clip, step=self.step, loss_fn=self.loss_fn,
                          fresh_rows=self.fresh_rows)

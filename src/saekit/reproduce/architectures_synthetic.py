@@ -6,9 +6,10 @@ seeds are three independent problems. Prints one JSON line per run: dictionary M
 (random unit dictionaries of the same size), L0, FVU, and, for Matryoshka, how well each nested group's
 atoms match a true atom (mean over the group of the best |cos| to any true atom).
 
-Not a speed benchmark (it lives here because it is a measurement script, not a reproduction).
+`saekit reproduce architectures` runs the settings of its scale through ``run``; for exploring one
+architecture's settings by hand (results/architectures_synthetic.md was made this way):
 
-    python benchmarks/architectures_synthetic.py --arch matryoshka --seeds 0 1 2 --steps 3000 \
+    python -m saekit.reproduce.architectures_synthetic --arch matryoshka --seeds 0 1 2 --steps 3000 \
         --sae group_sizes=32,32 --train lr=1e-3
 """
 
@@ -38,14 +39,18 @@ def _pairs(items: list[str]) -> dict:
     return {k: _value(v) for k, v in (item.split("=", 1) for item in items)}
 
 
-def run(arch: str, seed: int, steps: int, sae_kw: dict, train_kw: dict) -> dict:
+def run(arch: str, seed: int, steps: int, sae_kw: dict, train_kw: dict | None = None,
+        data_kw: dict | None = None) -> dict:
+    """Train one SAE on the synthetic problem of ``seed`` and measure its dictionary recovery.
+    ``data_kw``: SyntheticConfig fields other than the problem's size (e.g. generator="powerlaw")."""
     from saekit.config import DataConfig, SAEConfig, SyntheticConfig, TrainConfig
     from saekit.data.synthetic import SyntheticSource
     from saekit.eval.reconstruction import evaluate_reconstruction
     from saekit.eval.recovery import chance_dictionary_mcc, dictionary_mcc
     from saekit.train.trainer import train
 
-    data = DataConfig(source="synthetic", synthetic=SyntheticConfig(n_features=64, d=32, k=3, seed=seed))
+    data = DataConfig(source="synthetic", synthetic=SyntheticConfig(n_features=64, d=32, k=3, seed=seed,
+                                                                    **(data_kw or {})))
     kw = dict(sae_kw)
     if arch not in ("relu", "gated", "jumprelu"):
         kw.setdefault("k", 3)
@@ -53,7 +58,7 @@ def run(arch: str, seed: int, steps: int, sae_kw: dict, train_kw: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(sae=sae_cfg, data=data, steps=steps, batch_size=1024, lr=1e-3, log_every=100,
                           ckpt_every=0, progress=False, seed=seed, out_dir=tmp + "/run")
-        cfg = replace(cfg, **train_kw)
+        cfg = replace(cfg, **(train_kw or {}))
         start = time.perf_counter()
         sae = train(cfg)
         seconds = time.perf_counter() - start
@@ -63,7 +68,7 @@ def run(arch: str, seed: int, steps: int, sae_kw: dict, train_kw: dict) -> dict:
     summary, _ = evaluate_reconstruction(sae, source, 16384, 4096)
     out = {"arch": arch, "seed": seed, "steps": steps, "sae": {k: list(v) if isinstance(v, tuple) else v
                                                                for k, v in sae_kw.items()},
-           "train": train_kw, "dict_mcc": round(dictionary_mcc(truth, W), 4),
+           "train": train_kw or {}, "data": data_kw or {}, "dict_mcc": round(dictionary_mcc(truth, W), 4),
            "chance": round(chance_dictionary_mcc(truth, W.shape[0], draws=20)["mean"], 4),
            "l0": round(summary["l0"], 3), "fvu": round(summary["fvu"], 4),
            "dead": round(summary["dead_fraction"], 3), "seconds": round(seconds, 1)}
@@ -86,11 +91,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--sae", nargs="*", default=[], help="SAEConfig fields, key=value (tuples: 32,32)")
     p.add_argument("--train", nargs="*", default=[], help="TrainConfig fields, key=value")
+    p.add_argument("--data", nargs="*", default=[], help="SyntheticConfig fields, key=value (generator=powerlaw)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     for seed in args.seeds:
-        print(json.dumps(run(args.arch, seed, args.steps, _pairs(args.sae), _pairs(args.train))), flush=True)
+        print(json.dumps(run(args.arch, seed, args.steps, _pairs(args.sae), _pairs(args.train), _pairs(args.data))),
+              flush=True)
 
 
 if __name__ == "__main__":
