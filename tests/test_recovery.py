@@ -30,3 +30,16 @@ def test_code_mcc_with_extra_learned_latents():
     codes = torch.rand(200, 3)
     learned = torch.cat([torch.rand(200, 2), codes[:, [2, 0, 1]] * 5], dim=1)
     assert math.isclose(code_mcc(codes, learned), 1.0, rel_tol=1e-9)
+
+
+def test_best_firing_f1_on_a_hand_case():
+    """Feature 0 has a latent of its own (F1 1); feature 1 is split over two latents, each on half its
+    occurrences (F1 2·2 / (4 + 2) = 2/3); feature 2 never fires (0)."""
+    import torch
+
+    from saekit.eval.recovery import best_firing_f1
+
+    true_on = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0]], dtype=torch.bool)
+    latent_on = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 1], [0, 0, 1], [0, 0, 0]], dtype=torch.bool)
+    f1 = best_firing_f1(true_on, latent_on)
+    assert torch.allclose(f1, torch.tensor([1.0, 2 / 3, 0.0]))

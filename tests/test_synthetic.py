@@ -53,3 +53,28 @@ def test_powerlaw_generator_frequencies_and_correlation():
     within = corr[8, 9].item()  # same group of 4
     across = corr[8, 12].item()  # different groups
     assert within > 0.1 and abs(across) < 0.05
+
+
+def test_hierarchical_generator_children_fire_only_with_their_parent():
+    """16 features in groups of 4 (parents 0, 4, 8, 12): p = K / (P·2) = 3 / 8 per parent, each firing
+    parent with exactly one of its 3 children, each child 1/3 of its parent's firings; E[#active] = K."""
+    import pytest
+
+    from saekit.errors import SaekitError
+
+    cfg = SyntheticConfig(generator="hierarchical", n_features=16, d=8, k=3, group_size=4, seed=1)
+    truth = GroundTruth(cfg)
+    assert truth.parent_probability == pytest.approx(3 / 8)
+    x, codes = truth.sample(40000, torch.Generator().manual_seed(0))
+    assert torch.allclose(x, codes @ truth.dictionary) and (codes >= 0).all()
+    on = (codes != 0).view(-1, 4, 4)  # [sample, group, member]; member 0 is the parent
+    parents, children = on[:, :, 0], on[:, :, 1:]
+    assert torch.equal(children.sum(dim=2), parents.long())  # exactly one child with a parent, none without
+    freq = on.float().mean(dim=0)
+    assert torch.allclose(freq[:, 0], torch.full((4,), 3 / 8), atol=0.01)
+    assert torch.allclose(freq[:, 1:], torch.full((4, 3), 1 / 8), atol=0.01)
+    assert abs(on.sum(dim=(1, 2)).float().mean().item() - 3) < 0.03
+    with pytest.raises(SaekitError, match="divide"):
+        GroundTruth(SyntheticConfig(generator="hierarchical", n_features=10, d=8, k=3, group_size=4))
+    with pytest.raises(SaekitError, match="> 1"):
+        GroundTruth(SyntheticConfig(generator="hierarchical", n_features=8, d=8, k=5, group_size=4))

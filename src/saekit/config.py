@@ -130,14 +130,15 @@ class SAEConfig(_merge_params()):  # type: ignore[misc]
 
 @dataclass
 class SyntheticConfig:
-    generator: Literal["oneill", "powerlaw"] = "oneill"
-    """oneill: K atoms chosen uniformly per sample (O'Neill et al.); powerlaw: power-law frequencies, correlated."""
+    generator: Literal["oneill", "powerlaw", "hierarchical"] = "oneill"
+    """oneill: K atoms chosen uniformly per sample (O'Neill et al.); powerlaw: power-law frequencies, correlated;
+    hierarchical: groups of a parent and its children, a child fires only with its parent."""
     n_features: int = 64
     """N, the number of true atoms."""
     d: int = 32
     """M, the dimension of the samples."""
     k: int = 3
-    """K, active atoms per sample (oneill: exactly; powerlaw: in expectation)."""
+    """K, active atoms per sample (oneill: exactly; powerlaw, hierarchical: in expectation)."""
     n_samples: int = 0
     """Size of a fixed training set cycled in epochs; 0 draws fresh samples for every batch."""
     seed: int = 0
@@ -147,7 +148,8 @@ class SyntheticConfig:
     correlation: float = 0.5
     """powerlaw: correlation of the latent Gaussians that decide which features co-fire (within groups)."""
     group_size: int = 4
-    """powerlaw: features are correlated within consecutive groups of this size."""
+    """powerlaw: features are correlated within consecutive groups of this size; hierarchical: each consecutive
+    group is one parent (its first feature) and group_size − 1 children."""
 
 
 @dataclass

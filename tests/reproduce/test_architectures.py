@@ -88,7 +88,10 @@ def test_smoke_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert {r["architecture"] for r in result["rows"]} == {a for a, _ in smoke.grids}
     assert all(r["test_tokens"] > 0 and r["l0"] >= 0 and 0 <= r["dead_fraction"] <= 1 for r in result["rows"])
     assert len(result["synthetic"]) == len(smoke.synthetic) * len(smoke.synthetic_seeds)
-    assert all(0 <= s["chance"] <= s["dict_mcc"] + 1 for s in result["synthetic"])
+    assert all(0 <= s["chance"] <= 1 and 0 <= s["dict_mcc"] <= 1 for s in result["synthetic"])
+    hier = [s for s in result["synthetic"] if s["generator"] == "hierarchical"]
+    assert hier and all(0 <= s["parent_f1"] <= 1 and 0 <= s["child_f1"] <= 1 for s in hier)
+    assert "firing F1 parents · children" in readme
 
     import saekit.eval.splice as splice
     import saekit.train.trainer as trainer

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from saekit.reproduce import gated
+from saekit.reproduce import evaluate, gated
 from saekit.reproduce.gated import GatedScale, choose_seeded_lambdas, matched, run_name, verdicts
 
 
@@ -108,11 +108,11 @@ def test_dead_latents_are_counted_over_the_store_after_training(tmp_path):
 
     run = types.SimpleNamespace(work=tmp_path / "work")
     cfg = GatedScale(store=str(tmp_path / "store"), dead_count_tokens=250)
-    assert gated._dead_over_store(cfg, run, "probe", Probe(), tmp_path / "store") == \
+    assert evaluate.dead_over_store(run, "probe", Probe(), tmp_path / "store", cfg.dead_count_tokens) == \
         {"dead_fraction": 0.75, "dead_count_tokens": 250}
     cfg = GatedScale(store=str(tmp_path / "store"), dead_count_tokens=1000)
     run = types.SimpleNamespace(work=tmp_path / "work2")
-    assert gated._dead_over_store(cfg, run, "probe", Probe(), tmp_path / "store") == \
+    assert evaluate.dead_over_store(run, "probe", Probe(), tmp_path / "store", cfg.dead_count_tokens) == \
         {"dead_fraction": 0.5, "dead_count_tokens": 300}
 
 

@@ -7,6 +7,12 @@ x = Σ s_i d_i, no noise.
 ``powerlaw``: feature i fires with probability p_i ∝ (i+1)^-α (scaled so E[#active] = K), and
 which features co-fire is correlated through a Gaussian copula: latent Gaussians correlated with
 coefficient ρ within consecutive groups; feature i is on when its Gaussian exceeds Φ⁻¹(1 − p_i).
+
+``hierarchical`` (the setting Matryoshka SAEs are built for, Bussmann et al. 2025): consecutive groups of
+G = group_size features, the first of each group a parent, the other G − 1 its children. Each parent fires
+independently with probability p = K / (P · 2) (P = N / G parents; p = K / P when G = 1), and a firing
+parent brings exactly one of its children, chosen uniformly; a child never fires alone. So E[#active] = K,
+and a parent always co-fires with one child: the pattern that invites feature absorption.
 """
 
 from __future__ import annotations
@@ -44,6 +50,15 @@ class GroundTruth:
         # its own named stream: an SAE seeded like the problem never starts at the truth
         atoms = torch.randn(cfg.n_features, cfg.d, generator=stream("synthetic.atoms", cfg.seed))
         self.dictionary = atoms / atoms.norm(dim=1, keepdim=True)
+        if cfg.generator == "hierarchical":
+            g = cfg.group_size
+            if g < 1 or cfg.n_features % g:
+                raise SaekitError(f"synthetic hierarchical: group_size={g} must be >= 1 and divide "
+                                  f"n_features={cfg.n_features}")
+            self.parent_probability = cfg.k / (cfg.n_features // g * (2 if g > 1 else 1))
+            if self.parent_probability > 1:
+                raise SaekitError(f"synthetic hierarchical: k={cfg.k} needs parents firing with probability "
+                                  f"{self.parent_probability:.2f} > 1 (fewer k or more features)")
         if cfg.generator == "powerlaw":
             freq = (torch.arange(cfg.n_features, dtype=torch.float64) + 1) ** -cfg.powerlaw_exponent
             self.probabilities = (freq * cfg.k / freq.sum()).clamp(max=1.0)
@@ -60,6 +75,8 @@ class GroundTruth:
         """n samples: (x [n, M], codes [n, N])."""
         if self.cfg.generator == "oneill":
             active = self._uniform_support(n, generator)
+        elif self.cfg.generator == "hierarchical":
+            active = self._hierarchical_support(n, generator)
         else:
             active = self._correlated_support(n, generator)
         magnitudes = torch.randn(n, self.cfg.n_features, generator=generator).abs()
@@ -70,6 +87,16 @@ class GroundTruth:
         scores = torch.rand(n, self.cfg.n_features, generator=generator)
         idx = scores.topk(self.cfg.k, dim=1).indices  # a uniformly random K-subset per row
         return torch.zeros(n, self.cfg.n_features).scatter_(1, idx, 1.0)
+
+    def _hierarchical_support(self, n: int, generator: torch.Generator) -> Tensor:
+        g = self.cfg.group_size
+        parents = (torch.rand(n, self.cfg.n_features // g, generator=generator) < self.parent_probability).float()
+        active = torch.zeros(n, parents.shape[1], g)
+        active[:, :, 0] = parents
+        if g > 1:  # exactly one child of each firing parent
+            child = torch.randint(1, g, parents.shape, generator=generator)
+            active.scatter_(2, child.unsqueeze(2), parents.unsqueeze(2))
+        return active.reshape(n, self.cfg.n_features)
 
     def _correlated_support(self, n: int, generator: torch.Generator) -> Tensor:
         N, g, rho = self.cfg.n_features, max(1, self.cfg.group_size), self.cfg.correlation

@@ -54,3 +54,17 @@ def chance_dictionary_mcc(true_atoms: Tensor, n_latents: int, draws: int = 20, s
                        for i in range(draws)])
     return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if draws > 1 else 0.0,
             "max": float(values.max()), "draws": draws}
+
+
+def best_firing_f1(true_on: Tensor, latent_on: Tensor) -> Tensor:
+    """Per true feature, the best F1 of any single latent's firing as a detector of that feature's firing.
+
+    ``true_on`` [n, F] and ``latent_on`` [n, L] are boolean (active or not per sample). F1 = 2·TP /
+    (#feature on + #latent on). A feature absorbed into several latents (each firing on part of its
+    occurrences, e.g. a parent split across latents for parent+child) has no latent with a high F1;
+    a feature with a latent of its own has F1 near 1. A feature that never fires gets 0."""
+    t, f = true_on.float(), latent_on.float()
+    tp = t.T @ f  # [F, L]
+    denom = t.sum(dim=0)[:, None] + f.sum(dim=0)[None, :]
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
+    return f1.max(dim=1).values

@@ -72,6 +72,8 @@ def run(arch: str, seed: int, steps: int, sae_kw: dict, train_kw: dict | None = 
            "chance": round(chance_dictionary_mcc(truth, W.shape[0], draws=20)["mean"], 4),
            "l0": round(summary["l0"], 3), "fvu": round(summary["fvu"], 4),
            "dead": round(summary["dead_fraction"], 3), "seconds": round(seconds, 1)}
+    if data.synthetic.generator == "hierarchical":
+        out.update(_firing_f1(sae, source, data.synthetic.group_size))
     if arch.endswith("matryoshka"):
         from saekit.encoders.matryoshka import prefix_ends
 
@@ -82,6 +84,20 @@ def run(arch: str, seed: int, steps: int, sae_kw: dict, train_kw: dict | None = 
         out["group_best_cos"] = {f"{a}:{b}": round(best[a:b].mean().item(), 3) for a, b in zip(starts, ends)}
         out["dict_mcc_beyond_first_prefix"] = round(dictionary_mcc(truth, W[ends[0]:]), 4)
     return out
+
+
+def _firing_f1(sae, source, group_size: int, n: int = 16384) -> dict:
+    """Absorption on the hierarchical generator: per parent (and per child), the best F1 of one latent's
+    firing as a detector of the feature's firing, on held-out samples (``best_firing_f1``)."""
+    from saekit.eval.recovery import best_firing_f1
+
+    x, codes = source.eval_set(n)
+    with torch.no_grad():
+        latent_on = sae.encode(x) > 0
+    f1 = best_firing_f1(codes > 0, latent_on)
+    parent = torch.zeros(codes.shape[1], dtype=torch.bool)
+    parent[::group_size] = True
+    return {"parent_f1": round(f1[parent].mean().item(), 4), "child_f1": round(f1[~parent].mean().item(), 4)}
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ Plan (every step reused from WORK when already done):
 3. two λ per architecture chosen on the *validation* contexts (validation L0 nearest the targets),
    trained at every further seed;
 4. every SAE spliced into the model on the *test* contexts (disjoint from validation), with per-context
-   sums for the paired bootstrap; dead latents from the trainer's last-1M-token window;
+   sums for the paired bootstrap; dead latents counted after training over the store's first
+   ``dead_count_tokens`` rows (``reproduce.evaluate``, shared with the architectures comparison);
 5. L0 and γ at matched loss recovered from a fit of each frontier, with intervals that resample both
    the test contexts and the runs; verdicts; README, CSV/JSON, plots.
 """
@@ -19,7 +20,7 @@ Plan (every step reused from WORK when already done):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def reproduce(cfg: GatedScale, run: Any) -> Path:
     """Run (or continue) the reproduction and write run.out/README.md."""
     from saekit.data.models import load_model
     from saekit.data.hookpoints import resolve_hookpoint
-    from saekit.reproduce import common
+    from saekit.reproduce import common, evaluate
 
     model, tokenizer = load_model(cfg.lm.model, device=cfg.lm.device, dtype=cfg.lm.dtype)
     store = store_path(cfg, run.work)
@@ -153,7 +154,7 @@ def reproduce(cfg: GatedScale, run: Any) -> Path:
     plan = [("gated", lam, cfg.seeds[0]) for lam in cfg.gated_lambdas]
     plan += [("relu", lam, cfg.seeds[0]) for lam in cfg.standard_lambdas]
     saes = {run_name(*p): _train(cfg, run, *p) for p in plan}
-    validation = {name: _validation(run, name, sae, store, n_val_tokens) for name, sae in saes.items()}
+    validation = {name: evaluate.on_validation(run, name, sae, store, n_val_tokens) for name, sae in saes.items()}
 
     # 2. the seeded λ, chosen on validation, at every further seed
     seeded = choose_seeded_lambdas(cfg, validation)
@@ -164,8 +165,8 @@ def reproduce(cfg: GatedScale, run: Any) -> Path:
                 saes[name] = _train(cfg, run, arch, lam, seed)
     # 3. every SAE spliced into the model on the test contexts
     hp = resolve_hookpoint(model, cfg.lm.hookpoint)
-    spliced = _splice(cfg, run, model, hp, saes, test_ctxs)
-    dead = {name: _dead_over_store(cfg, run, name, sae, store) for name, sae in saes.items()}
+    spliced = evaluate.spliced(run, model, hp, saes, test_ctxs, cfg.splice_batch_contexts)
+    dead = {name: evaluate.dead_over_store(run, name, sae, store, cfg.dead_count_tokens) for name, sae in saes.items()}
     rows = [_row(cfg, run, name, saes[name], spliced[name], validation.get(name)) | dead[name] for name in saes]
     analysis = analyse(cfg, rows, spliced)
     return _write(cfg, run, rows, analysis, seeded, n_val_tokens, spliced)
@@ -179,47 +180,6 @@ def _train(cfg: GatedScale, run: Any, architecture: str, l1: float, seed: int) -
     return train_or_resume(tc).eval()
 
 
-def _validation(run: Any, name: str, sae: Any, store: Path, n_tokens: int) -> dict[str, Any]:
-    """L0, FVU, γ of one SAE on the validation contexts' activations (the first rows of the eval split)."""
-    import torch
-
-    from saekit.data.store import StoreSource, store_split_path
-    from saekit.eval.metrics import ReconstructionStats
-    from saekit.reproduce.common import cached_json
-
-    def compute() -> dict[str, Any]:
-        src = StoreSource(store_split_path(store, "eval"))
-        x = torch.cat([b.acts for b in src.iter_all(n_tokens)])[:n_tokens]
-        stats = ReconstructionStats(sae.cfg.n_latents)
-        with torch.no_grad():
-            for chunk in x.split(4096):
-                x_hat, f = sae(chunk)
-                stats.update(chunk, x_hat, f)
-        return stats.summary()
-
-    return cached_json(run.work / "eval" / "validation" / f"{name}.json", compute)
-
-
-def _dead_over_store(cfg: GatedScale, run: Any, name: str, sae: Any, store: Path) -> dict[str, Any]:
-    """Share of latents that never fire on the first ``dead_count_tokens`` rows of the train split."""
-    import torch
-
-    from saekit.data.store import StoreSource, store_split_path
-    from saekit.reproduce.common import cached_json
-
-    def compute() -> dict[str, Any]:
-        fired = torch.zeros(sae.cfg.n_latents, dtype=torch.bool)
-        seen = 0
-        with torch.no_grad():
-            for batch in StoreSource(store_split_path(store, "train")).iter_all(cfg.dead_count_tokens):
-                for chunk in batch.acts[:cfg.dead_count_tokens - seen].float().split(8192):
-                    fired |= (sae.encode(chunk) > 0).any(dim=0)
-                    seen += chunk.shape[0]
-        return {"dead_fraction": float((~fired).float().mean()), "dead_count_tokens": seen}
-
-    return cached_json(run.work / "eval" / "dead" / f"{name}.json", compute)
-
-
 def choose_seeded_lambdas(cfg: GatedScale, validation: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
     """Per architecture, the λ of the seed-0 frontier whose *validation* L0 is nearest each target (log scale)."""
     out: dict[str, list[float]] = {}
@@ -231,31 +191,6 @@ def choose_seeded_lambdas(cfg: GatedScale, validation: dict[str, dict[str, Any]]
             if options:
                 chosen.append(min(options, key=lambda lam: abs(math.log(l0[lam]) - math.log(target))))
         out[arch] = sorted(chosen)
-    return out
-
-
-def _splice(cfg: GatedScale, run: Any, model: Any, hp: Any, saes: dict[str, Any], ctxs: list[Any]) -> dict[str, Any]:
-    """Splice results per SAE, cached one file per SAE; the missing ones are evaluated in one pass."""
-    import json
-
-    from saekit.eval.splice import clean_json, evaluate_splice
-    from saekit.io import atomic_write_json
-
-    folder = run.work / "eval" / "splice"
-    out: dict[str, Any] = {}
-    todo = {}
-    for name, sae in saes.items():
-        path = folder / f"{name}.json"
-        if path.is_file():
-            out[name] = json.loads(path.read_text())
-        else:
-            todo[name] = sae
-    if todo:
-        run.log(f"splicing {len(todo)} SAE(s) into the model on {len(ctxs)} test contexts")
-        results = evaluate_splice(model, hp, todo, ctxs, cfg.splice_batch_contexts, per_context=True)
-        for name, res in results.items():
-            atomic_write_json(folder / f"{name}.json", clean_json(res))
-            out[name] = json.loads((folder / f"{name}.json").read_text())
     return out
 
 
