@@ -134,6 +134,39 @@ def test_batchtopk_keeps_the_batch_top_k_times_b(kernels):
     torch.testing.assert_close(sae.encode(torch.tensor([[1.4, 1.6, 0.0]])), torch.tensor([[0.0, 1.6, 0.0]]))
 
 
+def test_batchtopk_calibrate_sets_the_k_n_th_largest_pre_activation():
+    """k = 1, n = 2 rows, identity encoder: ReLU(z) = [[3, 1, 2], [0.5, 0, 0.2]], whose (k·n = 2)-th largest
+    is 2, so θ = 2 (codes are z > θ: the value at θ itself drops out). A sample whose ReLU is all 0 keeps θ."""
+    sae = _hand_batchtopk("dense")
+    with torch.no_grad():
+        sae.threshold.fill_(9.0)
+    sae.calibrate(torch.tensor([[3.0, 1.0, 2.0], [0.5, -1.0, 0.2]]))
+    assert sae.threshold.item() == 2.0
+    sae.calibrate(torch.tensor([[-1.0, -1.0, -1.0]]))
+    assert sae.threshold.item() == 2.0
+
+
+def test_training_ends_with_the_threshold_of_the_final_weights(tmp_path):
+    """A short run (the moving average still lagging) ends with θ = the (k·n)-th largest ReLU pre-activation
+    of the trainer's init sample under the final weights, so inference L0 on that sample is k (within ties)."""
+    from saekit.config import DataConfig, SyntheticConfig, TrainConfig
+    from saekit.data.factory import make_source
+    from saekit.train.trainer import train
+
+    data = DataConfig(synthetic=SyntheticConfig(n_features=64, d=32, k=3))
+    cfg = TrainConfig(sae=SAEConfig(architecture="batchtopk", n_latents=64, k=3), data=data, steps=60,
+                      batch_size=256, lr=1e-3, progress=False, out_dir=str(tmp_path / "r"), ckpt_every=0,
+                      init_samples=2048)
+    sae = train(cfg)
+    sample = make_source(data, "train").sample(cfg.init_samples)
+    with torch.no_grad():
+        z = sae.pre_activations(sample * sae.cfg.input_scale).relu().flatten()
+        assert sae.threshold.item() == z.topk(3 * 2048).values[-1].item()
+        l0 = (sae.encode(sample) != 0).float().sum(1).mean().item()
+    assert 3 - 1 / 2048 - 1e-6 <= l0 <= 3  # k·n − 1 entries lie strictly above the (k·n)-th (no ties)
+    assert load(tmp_path / "r" / "sae").threshold.item() == sae.threshold.item()  # what is saved
+
+
 def test_batchtopk_threshold_is_saved_and_checksummed(tmp_path):
     sae = _hand_batchtopk("sparse")
     sae.loss(torch.tensor([[3.0, 1.0, 2.0], [0.5, -1.0, 0.2]]))

@@ -259,6 +259,9 @@ class Trainer:
             if tracker is not None:
                 tracker.finish()
         self.timing.wall_s = time.perf_counter() - started
+        calibrate = getattr(sae, "calibrate", None)
+        if calibrate is not None:  # e.g. BatchTopK's inference threshold from the final weights (every rank alike)
+            calibrate(self.source.sample(cfg.init_samples))
         if main:
             sae.save(self.out / "sae")
             atomic_write_json(self.out / "timing.json", self.timing.summary())
