@@ -135,20 +135,25 @@ def test_batchtopk_keeps_the_batch_top_k_times_b(kernels):
 
 
 def test_batchtopk_calibrate_sets_the_k_n_th_largest_pre_activation():
-    """k = 1, n = 2 rows, identity encoder: ReLU(z) = [[3, 1, 2], [0.5, 0, 0.2]], whose (k·n = 2)-th largest
-    is 2, so θ = 2 (codes are z > θ: the value at θ itself drops out). A sample whose ReLU is all 0 keeps θ."""
+    """k = 1, n = 2 rows, identity encoder: ReLU(z) = [[3, 1, 2], [0.5, 0, 0.2]]; the (k·n = 2)-th largest is 2,
+    the 3rd 1, so θ = 1.5 and exactly 3 and 2 fire. One row [0.4, 0, 0]: θ = (0.4 + 0) / 2. A sample whose ReLU
+    is all 0 keeps θ."""
     sae = _hand_batchtopk("dense")
     with torch.no_grad():
         sae.threshold.fill_(9.0)
-    sae.calibrate(torch.tensor([[3.0, 1.0, 2.0], [0.5, -1.0, 0.2]]))
-    assert sae.threshold.item() == 2.0
+    x = torch.tensor([[3.0, 1.0, 2.0], [0.5, -1.0, 0.2]])
+    sae.calibrate(x)
+    assert sae.threshold.item() == 1.5
+    torch.testing.assert_close(sae.encode(x), torch.tensor([[3.0, 0.0, 2.0], [0.0, 0.0, 0.0]]))
+    sae.calibrate(torch.tensor([[0.4, -1.0, -2.0]]))
+    assert sae.threshold.item() == pytest.approx(0.2)
     sae.calibrate(torch.tensor([[-1.0, -1.0, -1.0]]))
-    assert sae.threshold.item() == 2.0
+    assert sae.threshold.item() == pytest.approx(0.2)
 
 
 def test_training_ends_with_the_threshold_of_the_final_weights(tmp_path):
-    """A short run (the moving average still lagging) ends with θ = the (k·n)-th largest ReLU pre-activation
-    of the trainer's init sample under the final weights, so inference L0 on that sample is k (within ties)."""
+    """A short run (the moving average still lagging) ends with θ midway between the (k·n)-th and (k·n+1)-th
+    largest ReLU pre-activations of the trainer's init sample under the final weights: inference L0 there is k."""
     from saekit.config import DataConfig, SyntheticConfig, TrainConfig
     from saekit.data.factory import make_source
     from saekit.train.trainer import train
@@ -161,9 +166,10 @@ def test_training_ends_with_the_threshold_of_the_final_weights(tmp_path):
     sample = make_source(data, "train").sample(cfg.init_samples)
     with torch.no_grad():
         z = sae.pre_activations(sample * sae.cfg.input_scale).relu().flatten()
-        assert sae.threshold.item() == z.topk(3 * 2048).values[-1].item()
+        top = z.topk(3 * 2048 + 1).values
+        assert sae.threshold.item() == ((top[-2] + top[-1]) / 2).item()
         l0 = (sae.encode(sample) != 0).float().sum(1).mean().item()
-    assert 3 - 1 / 2048 - 1e-6 <= l0 <= 3  # k·n − 1 entries lie strictly above the (k·n)-th (no ties)
+    assert l0 == 3.0
     assert load(tmp_path / "r" / "sae").threshold.item() == sae.threshold.item()  # what is saved
 
 

@@ -7,8 +7,8 @@ During training θ is an exponential moving average (decay ``threshold_decay``; 
 of each training batch's smallest positive selected pre-activation, the batch's (k·B)-th largest. The
 average lags the weights: in a short run, where the thresholds still fall, it ends too high (250 steps
 on SmolLM2: θ 15% high, inference L0 30% below k). So when training ends the trainer calls
-``calibrate`` with a sample of the training data, and θ becomes the sample's (k·n)-th largest ReLU
-pre-activation under the final weights: at inference about k latents fire per token on data like the
+``calibrate`` with a sample of the training data, and θ moves between the sample's (k·n)-th and
+(k·n+1)-th largest ReLU pre-activations under the final weights: at inference about k latents fire per token on data like the
 training data. θ is a buffer of the module, saved with the weights (covered by cfg.json's weights_sha256).
 """
 
@@ -83,12 +83,18 @@ class BatchTopKSAE(TopKFamily):
 
     @torch.no_grad()
     def calibrate(self, x: Tensor) -> None:
-        """θ from the final weights: the (k·n)-th largest ReLU pre-activation of the n rows of ``x`` (model
-        units), so that on such data k latents fire per token on average. Kept as is when that is 0."""
+        """θ from the final weights: midway between the (k·n)-th and (k·n+1)-th largest ReLU pre-activations
+        of the n rows of ``x`` (model units), so that exactly k·n of them fire (k per row on average) and none
+        sits at θ itself, where a recomputation's rounding (e.g. an export's folded weights) could flip it.
+        Kept as is when the (k·n)-th is 0."""
         z = self.pre_activations(x.to(self.threshold.device, torch.float32) * self.cfg.input_scale).relu().flatten()
-        kth = z.topk(min(self.cfg.k * x.shape[0], z.numel())).values[-1]
-        if kth > 0:
-            self.threshold.copy_(kth)
+        n = self.cfg.k * x.shape[0]
+        values = z.topk(min(n + 1, z.numel())).values
+        kth = values[min(n, values.numel()) - 1]
+        if kth <= 0:
+            return
+        after = values[n] if values.numel() > n else torch.zeros_like(kth)
+        self.threshold.copy_((kth + after) / 2)
 
     @torch.no_grad()
     def to_jumprelu(self):
