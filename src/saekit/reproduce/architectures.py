@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from saekit.config import DataConfig, SAEConfig, TrainConfig
+from saekit.reproduce.common import choose
 
 SPARSITY_FIELD = {"topk": "k", "batchtopk": "k", "matryoshka": "k", "jumprelu": "l0_coeff"}
 """The field each architecture's sparsity grid sets."""
@@ -115,10 +116,8 @@ def train_config(cfg: ArchitecturesScale, gcfg: Any, store: Path, work: Path, ar
                        device=cfg.device, progress=False)
 
 
-def nearest(values_l0: dict[float, float], target: float) -> float:
-    """The value whose L0 is nearest ``target`` on a log scale (L0 = 0 never chosen)."""
-    options = {v: l0 for v, l0 in values_l0.items() if l0 > 0}
-    return min(options, key=lambda v: (abs(math.log(options[v]) - math.log(target)), v))
+nearest = choose
+"""The value whose L0 is nearest a target on a log scale (``common.choose``, shared with decoupled-lm)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -136,10 +135,7 @@ def reproduce(cfg: ArchitecturesScale, run: Any) -> Path:
     gcfg = gated.SCALES[cfg.gated_scale]
     gwork = Path(cfg.gated_work) if cfg.gated_work else run.work / "gated"
     model, tokenizer = load_model(gcfg.lm.model, device=gcfg.lm.device, dtype=gcfg.lm.dtype)
-    store = gated.store_path(gcfg, gwork)
-    for split, tokens in (("train", gcfg.train_tokens), ("eval", gcfg.eval_tokens)):
-        run.log(f"activation store {store} ({split})")
-        common.ensure_store(gcfg.lm, store, split, tokens, gcfg.fp16, model=model, tokenizer=tokenizer)
+    store = gated.prepare_store(gcfg, gwork, model, tokenizer, run.log)
     val_ctxs, test_ctxs = common.held_out_split(tokenizer, gcfg.lm, gcfg.validation_contexts, gcfg.test_contexts)
     n_val = sum(int(c.mask.sum()) for c in val_ctxs)
 

@@ -59,6 +59,18 @@ def cached_json(path: Path, compute: Callable[[], Any]) -> Any:
     return json.loads(path.read_text())
 
 
+def log_l0(l0: float) -> float:
+    """log L0, with L0 = 0 mapped far below every real L0 (so it is never near a target, and no error)."""
+    return math.log(max(float(l0), 1e-6))
+
+
+def choose(points: dict[float, float], target: float) -> float:
+    """The parameter whose (validation) L0 is nearest ``target`` on a log scale; ties go to the smaller one."""
+    if not points:
+        raise SaekitError("no evaluated points to choose from")
+    return min(points, key=lambda p: (abs(log_l0(points[p]) - math.log(target)), p))
+
+
 def train_or_resume(cfg: Any, source: Any = None) -> Any:
     """The SAE trained by ``cfg``: loaded when ``OUT/sae`` is complete, resumed from its newest
     checkpoint when one exists, trained from scratch otherwise."""

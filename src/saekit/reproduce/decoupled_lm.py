@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from saekit.errors import SaekitError
+from saekit.reproduce.common import choose, log_l0
 
 PAPER = {
     "gap": "an amortisation gap: a one-pass linear–nonlinear encoder cannot reach optimal codes; with the "
@@ -148,19 +149,10 @@ SCALES: dict[str, DecoupledLMScale] = {
 # ---------------------------------------------------------------------------------------------------------
 # choosing a hyperparameter on validation to hit a target L0
 
-def _log_l0(l0: float) -> float:
-    return math.log(max(float(l0), 1e-6))
-
-
-def choose(points: dict[float, float], target: float) -> float:
-    """The parameter whose (validation) L0 is nearest ``target`` on a log scale; ties go to the smaller one."""
-    if not points:
-        raise SaekitError("no evaluated points to choose from")
-    return min(points, key=lambda p: (abs(_log_l0(points[p]) - math.log(target)), p))
 
 
 def matched(l0: float, target: float, tolerance: float) -> bool:
-    return abs(_log_l0(l0) - math.log(target)) <= math.log1p(tolerance)
+    return abs(log_l0(l0) - math.log(target)) <= math.log1p(tolerance)
 
 
 def search(measure: Callable[[float], float], target: float, start: float, *, evals: int, tolerance: float,
@@ -198,12 +190,12 @@ def _propose(pts: dict[float, float], target: float, start: float, slope: float)
     if not pts:
         return start
     t = math.log(target)
-    below = [p for p in pts if _log_l0(pts[p]) < t]
-    above = [p for p in pts if _log_l0(pts[p]) > t]
+    below = [p for p in pts if log_l0(pts[p]) < t]
+    above = [p for p in pts if log_l0(pts[p]) > t]
     if below and above:  # bracketed: interpolate between the nearest on each side
-        a = min(below, key=lambda p: t - _log_l0(pts[p]))
-        b = min(above, key=lambda p: _log_l0(pts[p]) - t)
-        la, lb = _log_l0(pts[a]), _log_l0(pts[b])
+        a = min(below, key=lambda p: t - log_l0(pts[p]))
+        b = min(above, key=lambda p: log_l0(pts[p]) - t)
+        la, lb = log_l0(pts[a]), log_l0(pts[b])
         w = (t - la) / (lb - la)
         return math.exp(math.log(a) + w * (math.log(b) - math.log(a)))
     best = choose(pts, target)
@@ -211,10 +203,10 @@ def _propose(pts: dict[float, float], target: float, start: float, slope: float)
     others = [p for p in pts if p != best and pts[p] != pts[best]]
     if others:
         q = min(others, key=lambda p: abs(math.log(p) - math.log(best)))
-        local = (_log_l0(pts[q]) - _log_l0(pts[best])) / (math.log(q) - math.log(best))
+        local = (log_l0(pts[q]) - log_l0(pts[best])) / (math.log(q) - math.log(best))
         if local * slope > 0:  # the expected direction: use the measured slope
             s = local
-    step = (t - _log_l0(pts[best])) / s
+    step = (t - log_l0(pts[best])) / s
     return math.exp(math.log(best) + max(min(step, math.log(8.0)), -math.log(8.0)))
 
 
@@ -397,10 +389,7 @@ def reproduce(cfg: DecoupledLMScale, run: Any) -> Path:
         gcfg = replace(gcfg, gated_width=cfg.sae_width)
     gwork = Path(cfg.gated_work) if cfg.gated_work else run.work / "gated"
     model, tokenizer = load_model(gcfg.lm.model, device=gcfg.lm.device, dtype=gcfg.lm.dtype)
-    store = gated.store_path(gcfg, gwork)
-    for split, tokens in (("train", gcfg.train_tokens), ("eval", gcfg.eval_tokens)):
-        _log(run, f"activation store {store} ({split})")
-        common.ensure_store(gcfg.lm, store, split, tokens, gcfg.fp16, model=model, tokenizer=tokenizer)
+    store = gated.prepare_store(gcfg, gwork, model, tokenizer, lambda message: _log(run, message))
     tc = sae_train_config(cfg, gcfg, gwork, run.work)
     _log(run, f"SAE {tc.out_dir}")
     sae = common.train_or_resume(tc).eval().requires_grad_(False).to(cfg.device)
@@ -606,9 +595,9 @@ def _select_mlp(cfg: DecoupledLMScale, run: Any, folder: Path, work: Path, enc: 
     pts = {float(p): float(l0) for p, l0 in fista["points"]}
     slope = -1.0
     if len(pts) >= 2:  # FISTA's local log-log slope near the target, the first guess for the MLP's
-        near = sorted(pts, key=lambda p: abs(_log_l0(pts[p]) - math.log(target)))[:2]
+        near = sorted(pts, key=lambda p: abs(log_l0(pts[p]) - math.log(target)))[:2]
         if near[0] != near[1] and pts[near[0]] != pts[near[1]] and min(pts[near[0]], pts[near[1]]) > 0:
-            s = (_log_l0(pts[near[0]]) - _log_l0(pts[near[1]])) / (math.log(near[0]) - math.log(near[1]))
+            s = (log_l0(pts[near[0]]) - log_l0(pts[near[1]])) / (math.log(near[0]) - math.log(near[1]))
             slope = s if s < 0 else slope
     seed = cfg.mlp_seeds[0]
     key = _digest([_mlp_key(cfg, "mlp-sae", 0.0, seed), cfg.mlp_search_trainings, cfg.match_tolerance, target, start,

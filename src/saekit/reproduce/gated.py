@@ -113,6 +113,18 @@ def store_path(cfg: GatedScale, work: Path) -> Path:
     return Path(cfg.store) if cfg.store else Path(work) / "store"
 
 
+def prepare_store(cfg: GatedScale, work: Path, model: Any, tokenizer: Any, log: Any) -> Path:
+    """This scale's store (train and eval split), harvested or finished when incomplete; shared by every
+    reproduction that reads the Gated store (decoupled-lm, architectures)."""
+    from saekit.reproduce.common import ensure_store
+
+    store = store_path(cfg, work)
+    for split, tokens in (("train", cfg.train_tokens), ("eval", cfg.eval_tokens)):
+        log(f"activation store {store} ({split})")
+        ensure_store(cfg.lm, store, split, tokens, cfg.fp16, model=model, tokenizer=tokenizer)
+    return store
+
+
 def run_name(architecture: str, l1: float, seed: int) -> str:
     return f"{architecture}-l1_{l1:g}-s{seed}"
 
@@ -143,10 +155,7 @@ def reproduce(cfg: GatedScale, run: Any) -> Path:
     from saekit.reproduce import common, evaluate
 
     model, tokenizer = load_model(cfg.lm.model, device=cfg.lm.device, dtype=cfg.lm.dtype)
-    store = store_path(cfg, run.work)
-    for split, tokens in (("train", cfg.train_tokens), ("eval", cfg.eval_tokens)):
-        run.log(f"activation store {store} ({split})")
-        common.ensure_store(cfg.lm, store, split, tokens, cfg.fp16, model=model, tokenizer=tokenizer)
+    store = prepare_store(cfg, run.work, model, tokenizer, run.log)
     val_ctxs, test_ctxs = common.held_out_split(tokenizer, cfg.lm, cfg.validation_contexts, cfg.test_contexts)
     n_val_tokens = sum(int(c.mask.sum()) for c in val_ctxs)
 
