@@ -171,6 +171,9 @@ def test_gradient_units_match_the_trainer_so_raw_beta_is_exact(tmp_path):
     assert sae.cfg.input_scale == pytest.approx(units["input_scale"], rel=1e-12)
     assert sae.cfg.grad_scale == pytest.approx(units["grad_scale"], rel=1e-12)
     assert effective_betas(sae.cfg)["beta_raw"] == pytest.approx(beta_raw, rel=1e-9)
+    # another data-order seed sees other batches first, but fits the same grad_scale (same β meaning)
+    other = train(replace(cfg, data=replace(cfg.data, store_seed=3), out_dir=str(tmp_path / "run3")))
+    assert other.cfg.grad_scale == sae.cfg.grad_scale
     # and the selection is the paper's: top-k of z (1 + β_raw |d_i · g|), g in model units
     x, g = torch.randn(32, 8) * 7.0, torch.randn(32, 8) * 0.05
     with torch.no_grad():

@@ -38,6 +38,23 @@ class ActivationSource(Protocol):
         ...
 
 
+def sample_gradients(source: Any, n: int) -> Tensor | None:
+    """The LM gradients of exactly the rows ``source.sample(n)`` returns, in the same order (None without
+    gradients). Read in file order, not from ``batches``, so what is fitted on them (the g-SAE's
+    grad_scale) is the same whatever the data-order seed: β then means the same thing in every seed."""
+    if not source.has_grads:
+        return None
+    parts, got = [], 0
+    for batch in source.iter_all(n):
+        parts.append(batch.grads)
+        got += batch.grads.shape[0]
+        if got >= n:
+            break
+    if not parts:
+        raise SaekitError("the source has no rows to fit the gradient scale on")
+    return torch.cat(parts)[:n]
+
+
 def check_finite(acts: Tensor, where: str) -> None:
     """Refuse NaN/inf activations with one clear line."""
     if not torch.isfinite(acts).all():

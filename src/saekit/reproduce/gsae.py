@@ -129,7 +129,7 @@ SCALES: dict[str, GSAEScale] = {
                        splice_batch_contexts=2, n_boot=50, steer_latents=2, steer_alphas=(0.2, 0.8),
                        steer_calib_alpha=0.4, steer_kl_budget=0.05, steer_calib_contexts=1, steer_eval_contexts=1,
                        selection_contexts=1),
-    "cpu": GSAEScale(width=2304, norm_betas=(0.5, 4.0), raw_betas=(6.0,), pool_families=True, validation_contexts=48,
+    "cpu": GSAEScale(width=2304, norm_betas=(0.5, 4.0, 12.0), raw_betas=(6.0,), pool_families=True, validation_contexts=48,
                      test_contexts=96, splice_batch_contexts=16, steer_ks=(32,), steer_alphas=(0.1, 0.2, 0.4),
                      steer_eval_contexts=3),
     "gpu": GSAEScale(lm=LMConfig(with_grads=True, device="cuda", model_batch_contexts=64),
@@ -142,8 +142,9 @@ SCALES: dict[str, GSAEScale] = {
 # cpu: the Shakespeare train split holds 1.62M tokens; 1,048,576 are harvested and trained on once
 # (256 x 4096), so the 1M-token dead window covers all but the first 12 steps. Sized to fit one 3-hour
 # session on 2 cores (the harvest with gradients alone runs ~220 tokens/s, 80 min): 2304 latents (4 x d_in),
-# a three-step β ladder over both grids (E‖g‖ ≈ 0.35 here, so raw 6 is normalised 2.1: the ladder is 0.5,
-# 2.1, 4 in normalised units; an earlier one-seed pilot found 0.5-2 best and 8-32 worse), one g-SAE per k
+# a four-step β ladder over both grids (E‖g‖ ≈ 0.35 here, so raw 6 is normalised 2.1: the ladder is 0.5,
+# 2.1, 4, 12 in normalised units; an earlier one-seed pilot found 0.5-2 best and 8-32 worse, the three-step
+# run chose 4, its top, at k = 32, so 12 brackets it), one g-SAE per k
 # carried to every seed (pool_families), 48 validation and 96 test contexts, steering at k = 32 only.
 # gpu: needs a corpus of >= 21M tokens (--lm.corpus); Shakespeare would run out at 1.62M.
 
@@ -192,7 +193,8 @@ def train_config(cfg: GSAEScale, work: Path, v: Variant, seed: int, units: dict[
     extra = {} if beta is None else {"beta": beta}
     sae = SAEConfig(architecture=v.architecture, n_latents=cfg.width, k=v.k, dead_tokens=cfg.auxk_dead_tokens,
                     **extra)
-    return TrainConfig(sae=sae, data=DataConfig(source="store", store=str(store_path(cfg, work))),
+    return TrainConfig(sae=sae, data=DataConfig(source="store", store=str(store_path(cfg, work)),
+                                                     store_seed=seed),
                        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                        init_samples=cfg.init_samples, dead_window_tokens=cfg.dead_window_tokens,
                        log_every=max(1, min(10, cfg.steps)), ckpt_every=50, out_dir=str(run_dir(work, v, seed)),
@@ -214,6 +216,7 @@ def gradient_units(store: Path, init_samples: int) -> dict[str, float]:
     """The input scale s and grad_scale G exactly as the trainer fits them (same sample, same first
     batch, same functions), and E‖g‖ = s·G in model units: the factor between raw and normalised β."""
     from saekit.data.factory import make_source
+    from saekit.data.source import sample_gradients
     from saekit.sae import architecture_class
     from saekit.train.initialisation import input_scale
 
@@ -222,7 +225,7 @@ def gradient_units(store: Path, init_samples: int) -> dict[str, float]:
         raise SaekitError(f"the store {store} has no gradients: g-SAEs need a store harvested with lm.with_grads")
     sample = source.sample(init_samples)
     s = input_scale(sample)
-    grads = next(source.batches(sample.shape[0]))[0].grads  # as the trainer's initialise takes them
+    grads = sample_gradients(source, sample.shape[0])  # as the trainer's initialise takes them
     probe = replace(SAEConfig(architecture="gradient_topk", beta=1.0), input_scale=s)
     g = architecture_class("gradient_topk").fit_to_sample(probe, sample, grads).grad_scale
     return {"input_scale": s, "grad_scale": g, "mean_grad_norm": s * g,
@@ -897,7 +900,7 @@ the same weights encoded without gradients (β = 0: TopK selection).
    ({n_grid} SAEs). All SAEs: {cfg.width} latents, {cfg.steps} steps × {cfg.batch_size} tokens
    ({cfg.steps * cfg.batch_size:,} tokens), Adam lr {cfg.lr:g}, {cfg.warmup_steps} warm-up steps, AuxK with a
    dead threshold of {cfg.auxk_dead_tokens:,} tokens, activations normalised, b_dec at the geometric median; the
-   same data order for every SAE.
+   seed sets the initialisation and the data order, so the SAEs of one seed see the same batches.
 3. β chosen per (k, family) by the lowest spliced ΔCE (+grads) on the {cfg.validation_contexts} **validation**
    contexts{pool_text}; TopK and the chosen g-SAEs trained at seeds {', '.join(map(str, cfg.seeds[1:])) or '–'} ({n_more} SAEs).
 4. Every chosen SAE spliced on the {cfg.test_contexts} **test** contexts (disjoint from validation; {c['test_tokens']:,}
@@ -931,9 +934,11 @@ every k and not reproduced if it fails at any.
     s.append(f"""## Caveats
 
 * The "+grads" splice uses the next-token labels at inference (as the paper does); "bare" does not.
-* Training seeds vary the initialisation only: the store reader shuffles with a fixed seed, so every SAE sees
-  the same batches in the same order (this pairs the comparisons; seed intervals do not cover data order).
-* {len(cfg.seeds)} seeds; the β grid and the choice of β use seed {cfg.seeds[0]} only; steering covers seed(s)
+* A training seed sets both the initialisation and the data order (independent streams; `data.store_seed`):
+  TopK and the g-SAEs of one seed see the same batches in the same order (the comparison is paired), and the
+  seed intervals cover initialisation and data order. grad_scale is fitted on the gradients of the sample's
+  own rows, so it, and hence each β, is the same in every seed.
+{ladder_edges(result)}* {len(cfg.seeds)} seeds; the β grid and the choice of β use seed {cfg.seeds[0]} only; steering covers seed(s)
   {', '.join(map(str, cfg.steer_seeds))} only (so its intervals do not cover training noise unless several are listed).
 * {cfg.train_tokens:,} training tokens is far below the paper's scale; dead-latent dynamics that need many tokens
   cannot show.
@@ -942,6 +947,23 @@ Files: `gsae_test.csv` (every SAE × inference × seed on test), `gsae_summary.c
 `gsae_validation.csv` (the β grid), `gsae_steering.csv`, `gsae.json` (everything, with the verdicts).
 """)
     return s
+
+
+def ladder_edges(result: dict[str, Any]) -> str:
+    """A caveat line per k whose chosen β is the ladder's smallest or largest (in normalised units, both
+    grids pooled): its optimum may lie outside the ladder. Empty when every choice is interior."""
+    lines = []
+    for k in sorted({r["k"] for r in result["validation"]}):
+        rows = [r for r in result["validation"] if r["k"] == k and r.get("beta_norm") is not None]
+        chosen = [r for r in rows if r["chosen"]]
+        if len(rows) < 2 or not chosen:
+            continue
+        b, ladder = chosen[0]["beta_norm"], sorted(r["beta_norm"] for r in rows)
+        if b in (ladder[0], ladder[-1]):
+            end = "largest" if b == ladder[-1] else "smallest"
+            lines.append(f"* k={k}: the chosen β ({b:.4g} normalised) is the ladder's {end} "
+                         f"({', '.join(f'{x:.3g}' for x in ladder)}): the best β may lie beyond it.\n")
+    return "".join(lines)
 
 
 def store_label(cfg: GSAEScale, run: Run) -> str:

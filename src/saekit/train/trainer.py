@@ -20,7 +20,7 @@ from saekit import distributed
 from saekit.config import DataConfig, TrainConfig, dump_yaml, load_train_config
 from saekit.settings import resume_differences
 from saekit.data.factory import make_source
-from saekit.data.source import ActivationSource, check_finite
+from saekit.data.source import ActivationSource, check_finite, sample_gradients
 from saekit.errors import SaekitError
 from saekit.eval import metrics
 from saekit.io import atomic_write_json, atomic_write_text, disk_errors, remove_temporaries
@@ -62,8 +62,8 @@ def initialise(cfg: TrainConfig, source: ActivationSource) -> SparseAutoencoder:
     sae_cfg = cfg.sae.resolved(source.d_in)
     if cfg.normalize_activations:
         sae_cfg = replace(sae_cfg, input_scale=input_scale(sample))
-    # as many rows as the sample holds (a store smaller than init_samples is sampled whole, not cycled)
-    grads = next(source.batches(sample.shape[0]))[0].grads if source.has_grads else None
+    # the gradients of the sample's own rows (a store smaller than init_samples is sampled whole)
+    grads = sample_gradients(source, sample.shape[0])
     sae_cfg = architecture_class(sae_cfg.architecture).fit_to_sample(sae_cfg, sample, grads)
     sae = build_sae(sae_cfg, seed=cfg.seed)
     scaled = sample * sae_cfg.input_scale
