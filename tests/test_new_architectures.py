@@ -249,11 +249,35 @@ def test_matryoshka_sums_the_prefix_losses_hand_case(kernels):
     assert g[0].abs().sum() > 0 and torch.count_nonzero(g[1:]) == 0
 
 
+@pytest.mark.parametrize("kernels", ["dense", "sparse"])
+def test_matryoshka_prefix_weights_hand_case(kernels):
+    """The hand case above with prefix weights (0.25, 2): loss = 0.25 · 4.4 + 2 · 15.2 = 31.5; the terms
+    themselves are unweighted, and a weight of 0 leaves the inner prefix out of the gradient."""
+    atoms = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    x = torch.tensor([[2.0, 1.0], [1.0, 3.0]])
+    for weights, want in (((0.25, 2.0), 31.5), ((0.0, 1.0), 15.2)):
+        sae = build_sae(SAEConfig(architecture="matryoshka", d_in=2, n_latents=3, k=2, group_sizes=(1, 2),
+                                  prefix_weights=weights, kernels=kernels))
+        _set(sae, W_enc=atoms, b_enc=torch.zeros(3), W_dec=atoms, b_dec=torch.zeros(2))
+        out = sae.loss(x)
+        assert out.terms["nmse_1"].item() == pytest.approx(4.4)
+        assert out.loss.item() == pytest.approx(want)
+    plain = build_sae(SAEConfig(architecture="batchtopk", d_in=2, n_latents=3, k=2, kernels=kernels))
+    _set(plain, W_enc=atoms, b_enc=torch.zeros(3), W_dec=atoms, b_dec=torch.zeros(2))
+    (g_m,) = torch.autograd.grad(out.loss, [sae.W_dec])
+    (g_b,) = torch.autograd.grad(plain.loss(x).loss, [plain.W_dec])
+    torch.testing.assert_close(g_m, g_b)  # inner weight 0: BatchTopK's gradient
+
+
 def test_matryoshka_groups():
     assert prefix_ends(64, ()) == [8, 16, 32, 64]
     assert prefix_ends(10, (2, 3, 5)) == [2, 5, 10]
     with pytest.raises(SaekitError, match="group_sizes"):
         SAEConfig(architecture="matryoshka", d_in=4, n_latents=10, k=2, group_sizes=(2, 3)).validate()
+    for bad in ((1.0,), (1.0, -1.0, 1.0), (1.0, 1.0, 0.0)):
+        with pytest.raises(SaekitError, match="prefix_weights"):
+            SAEConfig(architecture="matryoshka", d_in=4, n_latents=10, k=2, group_sizes=(2, 3, 5),
+                      prefix_weights=bad).validate()
 
 
 @pytest.mark.parametrize("arch", ["jumprelu", "batchtopk", "matryoshka", "gradient_batchtopk", "gradient_matryoshka"])

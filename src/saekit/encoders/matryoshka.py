@@ -5,7 +5,9 @@ Codes are BatchTopK's (the batch's top k·B ReLU pre-activations in training, th
 inference); the loss sums the NMSE of every prefix's reconstruction x̂_j = b_dec + Σ_{i < m_j} f_i d_i,
 plus AuxK on the full reconstruction's residual. (The paper sums squared errors; NMSE keeps the scale
 of TopK's loss, so aux_coeff and lr mean the same thing.) The group sizes m_1, m_2 − m_1, ... are
-configurable; empty means prefixes of n/8, n/4, n/2 and n latents.
+configurable; empty means prefixes of n/8, n/4, n/2 and n latents. Each prefix's NMSE can be weighted
+(``prefix_weights``, as dictionary_learning's ``group_weights``); empty means every weight 1, the paper's
+plain sum. Weights → 0 on the inner prefixes turn it into BatchTopK.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class MatryoshkaParams(BatchTopKParams):
     group_sizes: tuple[int, ...] = ()
     """Matryoshka: sizes of the nested groups, summing to n_latents (prefix j = the first j groups);
     empty: prefixes of n/8, n/4, n/2 and n latents."""
+    prefix_weights: tuple[float, ...] = ()
+    """Matryoshka: weight of each nested prefix's NMSE in the loss, one per prefix (the last = the whole
+    dictionary); empty: all 1 (the paper's sum)."""
 
 
 def prefix_ends(n_latents: int, group_sizes: tuple[int, ...]) -> list[int]:
@@ -61,18 +66,25 @@ class MatryoshkaSAE(BatchTopKSAE):
         sizes = tuple(cfg.group_sizes)
         if sizes and (any(g <= 0 for g in sizes) or sum(sizes) != cfg.n_latents):
             raise SaekitError(f"sae.group_sizes must be positive and sum to n_latents={cfg.n_latents}, got {sizes}")
+        weights = tuple(cfg.prefix_weights)
+        if weights:
+            n = len(prefix_ends(cfg.n_latents, sizes))
+            if len(weights) != n or any(not w >= 0 for w in weights) or not weights[-1] > 0:
+                raise SaekitError(f"sae.prefix_weights needs one weight >= 0 per prefix ({n}), the last > 0, "
+                                  f"got {weights}")
 
     def reconstruction(self, x: Tensor, a: Active, f: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         W_dec, b_dec = self.dictionary.W_dec, self.dictionary.b_dec
         prefix = self._prefix.to(f.device, f.dtype)
         terms: dict[str, Tensor] = {}
         total, x_hat = x.new_zeros(()), None
+        weights = tuple(self.cfg.prefix_weights) or (1.0,) * prefix.shape[0]
         for j, ends_at in enumerate(prefix_ends(self.cfg.n_latents, tuple(self.cfg.group_sizes))):
             last = j == prefix.shape[0] - 1
             x_hat = a.decode(f if last else f * a.latent(prefix[j]), W_dec) + b_dec
             nmse = losses.normalized_mse(x, x_hat)
             terms[f"nmse_{ends_at}" if not last else "nmse"] = nmse
-            total = total + nmse
+            total = total + weights[j] * nmse
         terms["prefix_nmse_sum"] = total
         return total, terms, x_hat
 

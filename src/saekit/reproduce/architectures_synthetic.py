@@ -26,7 +26,7 @@ import torch
 
 def _value(text: str):
     if "," in text:
-        return tuple(int(v) for v in text.split(",") if v)
+        return tuple(_value(v) for v in text.split(",") if v)
     for kind in (int, float):
         try:
             return kind(text)
