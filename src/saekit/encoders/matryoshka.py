@@ -50,8 +50,8 @@ def prefix_ends(n_latents: int, group_sizes: tuple[int, ...]) -> list[int]:
 @register
 class MatryoshkaSAE(BatchTopKSAE):
     architecture = "matryoshka"
-    summary = ("Matryoshka SAE (BatchTopK inside): the NMSE of every nested dictionary prefix is summed "
-               "(Bussmann et al. 2025)")
+    summary = ("Matryoshka SAE (BatchTopK inside): the NMSE of every nested dictionary prefix is summed, "
+               "optionally weighted (Bussmann et al. 2025)")
     Params = MatryoshkaParams
 
     def __init__(self, cfg) -> None:
