@@ -68,3 +68,16 @@ def best_firing_f1(true_on: Tensor, latent_on: Tensor) -> Tensor:
     denom = t.sum(dim=0)[:, None] + f.sum(dim=0)[None, :]
     f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
     return f1.max(dim=1).values
+
+
+def chance_firing_f1(true_on: Tensor, latent_on: Tensor) -> Tensor:
+    """Per true feature, the best *expected* F1 of a latent firing independently of it at the latent's own
+    rate: max_j 2·p·q_j / (p + q_j), p the feature's and q_j latent j's firing rate (expected TP = n·p·q_j).
+
+    The chance level beside ``best_firing_f1``: what the latents' firing rates alone would score. An
+    always-on latent (q = 1) scores 2p / (1 + p), so a frequent feature is easy to "detect"."""
+    p = true_on.double().mean(dim=0)[:, None]
+    q = latent_on.double().mean(dim=0)[None, :]
+    denom = p + q
+    f1 = torch.where(denom > 0, 2 * p * q / denom.clamp(min=1e-300), torch.zeros_like(denom))
+    return f1.max(dim=1).values.float()

@@ -88,16 +88,19 @@ def run(arch: str, seed: int, steps: int, sae_kw: dict, train_kw: dict | None = 
 
 def _firing_f1(sae, source, group_size: int, n: int = 16384) -> dict:
     """Absorption on the hierarchical generator: per parent (and per child), the best F1 of one latent's
-    firing as a detector of the feature's firing, on held-out samples (``best_firing_f1``)."""
-    from saekit.eval.recovery import best_firing_f1
+    firing as a detector of the feature's firing, on held-out samples (``best_firing_f1``), and its chance level
+    (latents firing independently at their own rates, ``chance_firing_f1``)."""
+    from saekit.eval.recovery import best_firing_f1, chance_firing_f1
 
     x, codes = source.eval_set(n)
     with torch.no_grad():
         latent_on = sae.encode(x) > 0
-    f1 = best_firing_f1(codes > 0, latent_on)
+    f1, chance = best_firing_f1(codes > 0, latent_on), chance_firing_f1(codes > 0, latent_on)
     parent = torch.zeros(codes.shape[1], dtype=torch.bool)
     parent[::group_size] = True
-    return {"parent_f1": round(f1[parent].mean().item(), 4), "child_f1": round(f1[~parent].mean().item(), 4)}
+    return {"parent_f1": round(f1[parent].mean().item(), 4), "child_f1": round(f1[~parent].mean().item(), 4),
+            "parent_f1_chance": round(chance[parent].mean().item(), 4),
+            "child_f1_chance": round(chance[~parent].mean().item(), 4)}
 
 
 def main() -> None:
