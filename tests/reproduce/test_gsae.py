@@ -15,8 +15,9 @@ from saekit.config import DataConfig, SAEConfig, TrainConfig
 from saekit.data.store import StoreWriter
 from saekit.errors import SaekitError
 from saekit.reproduce import gsae
-from saekit.reproduce.gsae import (Variant, combine, decide, dead_verdict, difference_of_means, effective_betas,
-                                   gradient_units, pool_choices, pooled_difference, saekit_beta, select_beta)
+from saekit.reproduce.gsae.config import Variant, effective_betas, gradient_units, saekit_beta
+from saekit.reproduce.gsae.verdicts import (claim_groups, combine, decide, dead_verdict, difference_of_means,
+                                            pool_choices, pooled_difference, select_beta)
 
 NAN = math.nan
 
@@ -91,9 +92,9 @@ def test_pool_choices_keeps_the_better_family_per_k():
 def test_claim_groups_per_family_or_pooled():
     cfg = gsae.SCALES["smoke"]
     chosen = {(16, "norm"): 2.0, (16, "raw"): 10.0}
-    per_family = gsae.claim_groups(cfg, chosen)
+    per_family = claim_groups(cfg, chosen)
     assert per_family == {"norm": {16: Variant("norm", 16, 2.0)}, "raw": {16: Variant("raw", 16, 10.0)}}
-    pooled = gsae.claim_groups(replace(cfg, pool_families=True), {(16, "raw"): 10.0})
+    pooled = claim_groups(replace(cfg, pool_families=True), {(16, "raw"): 10.0})
     assert pooled == {"best": {16: Variant("raw", 16, 10.0)}}
 
 
