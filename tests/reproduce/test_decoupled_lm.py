@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from saekit.errors import SaekitError
+from saekit.reproduce import common
 from saekit.reproduce import decoupled_lm as dlm
+from saekit.reproduce.decoupled_lm import config, methods, pipeline, search, verdicts
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -24,10 +26,10 @@ def test_choose_uses_the_given_validation_l0_where_test_would_pick_otherwise():
     # λ -> L0 on validation and on test (hand-made): the target is 30
     validation = {1.0: 40.0, 2.0: 25.0, 4.0: 12.0}
     test = {1.0: 33.0, 2.0: 20.0, 4.0: 10.0}
-    assert dlm.choose(validation, 30.0) == 2.0  # |log 25/30| = 0.18 < |log 40/30| = 0.29
-    assert dlm.choose(test, 30.0) == 1.0  # what test would have picked: the two differ
-    assert dlm.choose({1.0: 20.0, 4.0: 44.0}, 30.0) == 4.0  # log scale: 44/30 = 1.47 < 30/20 = 1.5
-    assert dlm.choose({3.0: 0.0, 2.0: 1.0}, 30.0) == 2.0  # L0 = 0 is far from anything, not an error
+    assert common.choose(validation, 30.0) == 2.0  # |log 25/30| = 0.18 < |log 40/30| = 0.29
+    assert common.choose(test, 30.0) == 1.0  # what test would have picked: the two differ
+    assert common.choose({1.0: 20.0, 4.0: 44.0}, 30.0) == 4.0  # log scale: 44/30 = 1.47 < 30/20 = 1.5
+    assert common.choose({3.0: 0.0, 2.0: 1.0}, 30.0) == 2.0  # L0 = 0 is far from anything, not an error
 
 
 def test_search_reaches_the_target_on_a_power_law_and_on_integers():
@@ -37,17 +39,17 @@ def test_search_reaches_the_target_on_a_power_law_and_on_integers():
         calls.append(lam)
         return 100.0 / lam ** 1.5
 
-    pts = dlm.search(l0_of_lambda, 12.5, 2.0, evals=4, tolerance=0.05)
-    best = dlm.choose(pts, 12.5)
-    assert dlm.matched(pts[best], 12.5, 0.05) and abs(best - 4.0) < 0.2
+    pts = search.search(l0_of_lambda, 12.5, 2.0, evals=4, tolerance=0.05)
+    best = common.choose(pts, 12.5)
+    assert search.matched(pts[best], 12.5, 0.05) and abs(best - 4.0) < 0.2
     assert len(calls) <= 3  # start, one slope-(-1) step, then the measured slope lands on it
     # k -> L0 rises (MP-like: some atoms picked twice); the integer search never repeats a k
     seen = []
-    pts = dlm.search(lambda k: seen.append(k) or 0.8 * k, 24.0, 24.0, evals=4, tolerance=0.02, integer=True,
+    pts = search.search(lambda k: seen.append(k) or 0.8 * k, 24.0, 24.0, evals=4, tolerance=0.02, integer=True,
                      slope=1.0, bounds=(1, 64))
-    assert len(seen) == len(set(seen)) and dlm.choose(pts, 24.0) == 30.0
+    assert len(seen) == len(set(seen)) and common.choose(pts, 24.0) == 30.0
     # stops at once when an earlier point (another target's) is already within tolerance
-    assert dlm.search(lambda k: 1 / 0, 10.0, 3.0, evals=4, tolerance=0.1, points={5.0: 10.5}) == {5.0: 10.5}
+    assert search.search(lambda k: 1 / 0, 10.0, 3.0, evals=4, tolerance=0.1, points={5.0: 10.5}) == {5.0: 10.5}
 
 
 class _Run:
@@ -68,23 +70,23 @@ def test_select_measures_on_the_validation_rows_only(tmp_path):
         sae.b_gate.fill_(-0.3)
     cfg = dlm.DecoupledLMScale(search_evals=3, fista_iters=50, ito_iters=10, mlp_steps=3, mlp_batch=64,
                                mlp_seeds=(0,), mlp_search_trainings=1, lambda_start=0.5)
-    enc = dlm.Encoders(cfg, sae, FrozenDictionary.from_sae(sae))
+    enc = methods.Encoders(cfg, sae, FrozenDictionary.from_sae(sae))
     x_val = torch.randn(256, 8)
     x_test = 3.0 * x_val
-    sel = dlm._select(cfg, _Run(), tmp_path / "select", enc, lambda: x_val, lambda: torch.randn(128, 8), tmp_path)
-    assert sel["sae_l0"] == pytest.approx(enc.l0(dlm.Spec("sae"), x_val))
+    sel = pipeline._select(cfg, _Run(), tmp_path / "select", enc, lambda: x_val, lambda: torch.randn(128, 8), tmp_path)
+    assert sel["sae_l0"] == pytest.approx(enc.l0(methods.Spec("sae"), x_val))
     for fam in ("omp", "mp", "fista+refit", "sae+ito"):
         pts = {p: l0 for p, l0 in sel["families"][fam]["points"]}
         for p, l0 in pts.items():  # every recorded L0 is the validation L0 of that parameter
-            assert l0 == pytest.approx(enc.l0(dlm.Spec(fam, p), x_val))
+            assert l0 == pytest.approx(enc.l0(methods.Spec(fam, p), x_val))
         for ratio, chosen in sel["families"][fam]["chosen"].items():
-            assert chosen == dlm.choose(pts, sel["targets"][ratio])
+            assert chosen == common.choose(pts, sel["targets"][ratio])
     lam = sel["families"]["fista+refit"]["chosen"]["1.0"]
-    on_test = dlm.search(lambda p: enc.l0(dlm.Spec("fista+refit", p), x_test), sel["targets"]["1.0"], 0.5,
+    on_test = search.search(lambda p: enc.l0(methods.Spec("fista+refit", p), x_test), sel["targets"]["1.0"], 0.5,
                          evals=3, tolerance=0.1)
-    assert dlm.choose(on_test, sel["targets"]["1.0"]) != pytest.approx(lam)  # the test rows would pick otherwise
+    assert common.choose(on_test, sel["targets"]["1.0"]) != pytest.approx(lam)  # the test rows would pick otherwise
     # cached: a second call computes nothing
-    again = dlm._select(cfg, _Run(), tmp_path / "select", enc, lambda: 1 / 0, lambda: 1 / 0, tmp_path)
+    again = pipeline._select(cfg, _Run(), tmp_path / "select", enc, lambda: 1 / 0, lambda: 1 / 0, tmp_path)
     assert again == sel
 
 
@@ -97,16 +99,16 @@ def test_context_sums_and_fvu_denominator_match_direct_computation():
     x_hat = x + 0.1 * torch.randn(10, 4)
     codes = torch.relu(torch.randn(10, 6))
     counts = [3, 0, 7]
-    s = dlm.context_sums(x, x_hat, codes, counts)
+    s = methods.context_sums(x, x_hat, codes, counts)
     assert s["n"] == [3.0, 0.0, 7.0]
     assert s["sse"][2] == pytest.approx(float((x[3:] - x_hat[3:]).pow(2).sum()), rel=1e-6)
     assert s["l0"][0] == float((codes[:3] > 0).sum()) and s["sse"][1] == 0.0
-    acts = dlm.activation_sums(x, counts)
-    var = dlm.variance_per_context(acts, [0, 1, 2])
+    acts = methods.activation_sums(x, counts)
+    var = methods.variance_per_context(acts, [0, 1, 2])
     direct = float((x.double() - x.double().mean(0)).pow(2).sum())
     assert var.sum() == pytest.approx(direct, rel=1e-9)
     # over a subset of contexts the mean is that subset's (DESIGN.md: x̄ over the evaluation set)
-    sub = dlm.variance_per_context(acts, [2])
+    sub = methods.variance_per_context(acts, [2])
     assert sub.sum() == pytest.approx(float((x[3:].double() - x[3:].double().mean(0)).pow(2).sum()), rel=1e-9)
 
 
@@ -116,29 +118,29 @@ def _ci(lo: float, hi: float) -> dict[str, float]:
 
 def test_compare_needs_both_intervals_and_no_more_l0():
     below, above, across = _ci(-0.2, -0.1), _ci(0.1, 0.2), _ci(-0.1, 0.1)
-    assert dlm.compare(1.05, below, below, 0.1) == "better"
-    assert dlm.compare(0.5, below, below, 0.1) == "better"  # fewer latents and better: dominates
-    assert dlm.compare(1.5, below, below, 0.1) == "undecided"  # better, but with 1.5x the latents
-    assert dlm.compare(1.0, below, across, 0.1) == "undecided"  # KL not resolved
-    assert dlm.compare(1.0, below, above, 0.1) == "worse"  # better FVU, worse KL: not "lower FVU and KL"
-    assert dlm.compare(2.0, above, across, 0.1) == "worse"
-    assert dlm.compare(0.5, above, above, 0.1) == "undecided"  # worse, but on half the latents
+    assert verdicts.compare(1.05, below, below, 0.1) == "better"
+    assert verdicts.compare(0.5, below, below, 0.1) == "better"  # fewer latents and better: dominates
+    assert verdicts.compare(1.5, below, below, 0.1) == "undecided"  # better, but with 1.5x the latents
+    assert verdicts.compare(1.0, below, across, 0.1) == "undecided"  # KL not resolved
+    assert verdicts.compare(1.0, below, above, 0.1) == "worse"  # better FVU, worse KL: not "lower FVU and KL"
+    assert verdicts.compare(2.0, above, across, 0.1) == "worse"
+    assert verdicts.compare(0.5, above, above, 0.1) == "undecided"  # worse, but on half the latents
 
 
 def test_replay_refuses_rows_it_did_not_capture():
     x = torch.randn(5, 3)
-    replay = dlm._Replay([x], [x * 2], "m")
+    replay = pipeline._Replay([x], [x * 2], "m")
     out, codes = replay(x.clone())
     assert torch.equal(out, x * 2) and codes is None
     with pytest.raises(SaekitError, match="not the captured"):
         replay(x)  # a second batch that was never captured
     with pytest.raises(SaekitError, match="not the captured"):
-        dlm._Replay([x], [x], "m")(x + 1.0)
+        pipeline._Replay([x], [x], "m")(x + 1.0)
 
 
 def test_scales_are_consistent():
     for name, cfg in dlm.SCALES.items():
-        dlm._validate(cfg)
+        config.validate(cfg)
         assert cfg.gated_scale in __import__("saekit.reproduce.gated", fromlist=["SCALES"]).SCALES
     assert dlm.SCALES["cpu"].gated_work == "runs/reproduce/gated-cpu" and dlm.SCALES["cpu"].sae_width == 0
     assert dlm.SCALES["cpu"].test_contexts >= 256
@@ -185,14 +187,14 @@ def test_smoke_end_to_end_then_resumed_from_cache(tmp_path, monkeypatch):
     for fam, s in sel["families"].items():
         pts = {p: l0 for p, l0 in s["points"]}
         for ratio, chosen in s["chosen"].items():
-            assert chosen == dlm.choose(pts, sel["targets"][ratio])
+            assert chosen == common.choose(pts, sel["targets"][ratio])
     assert results["results"]["reference"]["test_contexts"] == cfg.test_contexts
 
     # a rerun computes nothing: no encoding, no MLP training, and the same numbers
     def boom(*args, **kwargs):
         raise AssertionError("recomputed on a rerun")
 
-    monkeypatch.setattr(dlm.Encoders, "encode", boom)
+    monkeypatch.setattr(methods.Encoders, "encode", boom)
     monkeypatch.setattr(mlp, "train_frozen_dictionary", boom)
     again = invoke()
     rerun = json.loads((out / "results.json").read_text())
@@ -208,12 +210,12 @@ def test_a_longer_frozen_sae_is_its_own_run_and_otherwise_the_gated_one(tmp_path
 
     gcfg = gated.SCALES["cpu"]
     own = gated.train_config(gcfg, tmp_path / "gated", "gated", 3.0, 0)
-    longer = dlm.sae_train_config(replace(dlm.SCALES["cpu"], l1=3.0), gcfg, tmp_path / "gated", tmp_path / "dlm")
+    longer = config.sae_train_config(replace(dlm.SCALES["cpu"], l1=3.0), gcfg, tmp_path / "gated", tmp_path / "dlm")
     assert longer.steps == 1000 and longer.steps * longer.batch_size >= 2_000_000
     assert Path(longer.out_dir) == tmp_path / "dlm" / "sae" / f"{Path(own.out_dir).name}-1000steps"
     assert (longer.sae, longer.data, longer.lr, longer.resample_every) == (own.sae, own.data, own.lr, own.resample_every)
-    same = dlm.sae_train_config(replace(dlm.SCALES["cpu"], l1=3.0, sae_steps=0), gcfg, tmp_path / "gated",
+    same = config.sae_train_config(replace(dlm.SCALES["cpu"], l1=3.0, sae_steps=0), gcfg, tmp_path / "gated",
                                 tmp_path / "dlm")
     assert same == own
     with pytest.raises(SaekitError, match="sae_steps"):
-        dlm._validate(replace(dlm.SCALES["cpu"], sae_steps=-1))
+        config.validate(replace(dlm.SCALES["cpu"], sae_steps=-1))
