@@ -18,7 +18,8 @@ from saekit.errors import SaekitError
 from saekit.eval.recovery import chance_dictionary_mcc, code_mcc, dictionary_mcc
 from saekit.inference import iterative, mlp, sparse_coding
 from saekit.reproduce import decoupled_synthetic as ds
-from saekit.reproduce import synthetic_methods as sm
+from saekit.reproduce.decoupled_synthetic import methods as sm
+from saekit.reproduce.decoupled_synthetic import config, pipeline, verdicts
 from saekit.reproduce.common import Run
 from saekit.rng import stream_seed
 
@@ -63,7 +64,7 @@ def test_smoke_writes_readme_csv_json_plots(smoke: Run) -> None:
     assert keys == set(sm.METHODS)
     assert {(s["N"], s["M"], s["K"]) for s in doc["grid_summary"]} == {(16, 8, 3), (32, 8, 3)}
     rows = list(csv.DictReader((out / "runs.csv").open()))
-    assert len(rows) == 2 * len(sm.METHODS) + 2 * 2 * len(ds.GRID_METHODS)
+    assert len(rows) == 2 * len(sm.METHODS) + 2 * 2 * len(config.GRID_METHODS)
     for r in rows:
         assert 0.0 <= float(r["code_mcc"]) <= 1.0
         assert float(r["infer_flops_per_sample"]) > 0
@@ -92,7 +93,7 @@ def test_rerun_reuses_every_cached_result(smoke: Run, monkeypatch) -> None:
 
 def test_a_lost_result_is_recomputed_alone(smoke: Run, monkeypatch) -> None:
     cfg = ds.SCALES["smoke"]
-    root = ds.setting_root(cfg, smoke.work, "grid", cfg.grid)
+    root = pipeline.setting_root(cfg, smoke.work, "grid", cfg.grid)
     lost = root / "unknown" / "N32-M8-K3" / "seed1.json"
     kept = json.loads(lost.read_text())
     lost.write_text("{ truncated")  # a file a killed run left half-written is recomputed too
@@ -301,31 +302,31 @@ def _chance(cell=(16, 8, 3), code=(0.40, 0.42, 0.41), dic=(0.66, 0.67, 0.68)) ->
 
 def test_summary_intervals_and_chance_flags() -> None:
     rows = _rows("unknown/sae", [0.5, 0.7]) + _rows("unknown/sc", [0.41, 0.42])
-    summary, chance = ds.summarise(rows, _chance())
+    summary, chance = verdicts.summarise(rows, _chance())
     sae = next(s for s in summary if s["key"] == "unknown/sae")
     assert sae["code_mcc"]["mean"] == pytest.approx(0.6) and sae["code_mcc"]["n"] == 2
     assert sae["code_mcc"]["hi"] - sae["code_mcc"]["mean"] == pytest.approx(12.706 * 0.1, rel=1e-3)  # t(0.975, 1)
     assert sae["dict_mcc"]["n"] == 0 and sae["above_chance_dict"] is None
     sc = next(s for s in summary if s["key"] == "unknown/sc")
     assert sc["above_chance_code"] is False  # at the untrained SAE's level
-    clear = ds.summarise(_rows("unknown/sc", [0.9, 0.91, 0.92]), _chance())[0][0]
+    clear = verdicts.summarise(_rows("unknown/sc", [0.9, 0.91, 0.92]), _chance())[0][0]
     assert clear["above_chance_code"] is True
-    one = ds.summarise(_rows("unknown/sc", [0.9]), _chance())[0][0]
+    one = verdicts.summarise(_rows("unknown/sc", [0.9]), _chance())[0][0]
     assert one["above_chance_code"] is None
-    at_chance_dict = ds.summarise(_rows("unknown/sc", [0.66, 0.70, 0.68], metric="dict_mcc"), _chance())[0][0]
+    at_chance_dict = verdicts.summarise(_rows("unknown/sc", [0.66, 0.70, 0.68], metric="dict_mcc"), _chance())[0][0]
     assert at_chance_dict["above_chance_dict"] is False
 
 
 def test_verdicts_from_paired_intervals() -> None:
     rows = _rows("unknown/sc", [0.8, 0.85, 0.9]) + _rows("unknown/sae", [0.5, 0.52, 0.55])
-    assert ds.verdict(ds.paired(rows, "unknown/sc", "unknown/sae", (16, 8, 3))) == "reproduced"
-    assert ds.verdict(ds.paired(rows, "unknown/sae", "unknown/sc", (16, 8, 3))) == "not reproduced"
+    assert verdicts.verdict(verdicts.paired(rows, "unknown/sc", "unknown/sae", (16, 8, 3))) == "reproduced"
+    assert verdicts.verdict(verdicts.paired(rows, "unknown/sae", "unknown/sc", (16, 8, 3))) == "not reproduced"
     noisy = _rows("unknown/mlp", [0.3, 0.9, 0.5])
-    assert ds.verdict(ds.paired(rows + noisy, "unknown/mlp", "unknown/sae", (16, 8, 3))) == "undecided at this power"
-    assert ds.verdict({"mean": 1.0, "lo": math.nan, "hi": math.nan, "n": 1}) == "undecided at this power"
-    assert ds.grid_verdict({"cells": 4, "above": 3, "below": 0, "undecided": 1}) == "reproduced"
-    assert ds.grid_verdict({"cells": 4, "above": 3, "below": 1, "undecided": 0}) == "undecided at this power"
-    assert ds.grid_verdict({"cells": 4, "above": 1, "below": 2, "undecided": 1}) == "not reproduced"
+    assert verdicts.verdict(verdicts.paired(rows + noisy, "unknown/mlp", "unknown/sae", (16, 8, 3))) == "undecided at this power"
+    assert verdicts.verdict({"mean": 1.0, "lo": math.nan, "hi": math.nan, "n": 1}) == "undecided at this power"
+    assert verdicts.grid_verdict({"cells": 4, "above": 3, "below": 0, "undecided": 1}) == "reproduced"
+    assert verdicts.grid_verdict({"cells": 4, "above": 3, "below": 1, "undecided": 0}) == "undecided at this power"
+    assert verdicts.grid_verdict({"cells": 4, "above": 1, "below": 2, "undecided": 1}) == "not reproduced"
 
 
 def test_trend_of_the_gap_with_n() -> None:
@@ -334,13 +335,13 @@ def test_trend_of_the_gap_with_n() -> None:
     for i, cell in enumerate(cells):  # the gap grows by 0.1 per doubling of N, with seed noise
         rows += _rows("unknown/sae", [0.5, 0.5, 0.5], cell)
         rows += _rows("unknown/sc", [0.6 + 0.1 * i + e for e in (0.0, 0.01, -0.01)], cell)
-    ci, per_mk = ds.trend(rows, "unknown/sc", "unknown/sae", cells)
-    assert ci["mean"] == pytest.approx(0.1, abs=1e-2) and ds.verdict(ci) == "reproduced"
+    ci, per_mk = verdicts.trend(rows, "unknown/sc", "unknown/sae", cells)
+    assert ci["mean"] == pytest.approx(0.1, abs=1e-2) and verdicts.verdict(ci) == "reproduced"
     assert set(per_mk) == {(8, 3)}
     flat = [r for r in rows if r["key"] == "unknown/sae"]
     flat += [dict(r, key="unknown/mlp") for r in rows if r["key"] == "unknown/sae"]
-    ci, _ = ds.trend(flat, "unknown/mlp", "unknown/sae", cells)
-    assert ds.verdict(ci) == "undecided at this power"
+    ci, _ = verdicts.trend(flat, "unknown/mlp", "unknown/sae", cells)
+    assert verdicts.verdict(ci) == "undecided at this power"
 
 
 # --------------------------------------------------------------------------------- config, cells
@@ -350,16 +351,16 @@ def test_cells_that_make_no_sense_are_skipped_with_a_reason() -> None:
     assert sm.cell_spec(16, 8, 8).skip  # K = M
     assert not sm.cell_spec(16, 8, 6).skip and "M/2" in sm.cell_spec(16, 8, 6).note
     assert not sm.cell_spec(256, 32, 9).skip and not sm.cell_spec(256, 32, 9).note
-    specs = ds.grid_cells(ds.SCALES["cpu"])
+    specs = pipeline.grid_cells(ds.SCALES["cpu"])
     assert len(specs) == 45 and sum(1 for c in specs if not c.skip) == 40
     assert {(c.m, c.k) for c in specs if c.skip} == {(8, 9)}
 
 
 def test_bad_configs_are_refused() -> None:
     with pytest.raises(SaekitError, match="K < M"):
-        ds.validate(replace(ds.SCALES["smoke"], k=8))
+        config.validate(replace(ds.SCALES["smoke"], k=8))
     with pytest.raises(SaekitError, match="unknown method"):
-        ds.validate(replace(ds.SCALES["smoke"], main=sm.Budget(methods=("unknown/nope",))))
+        config.validate(replace(ds.SCALES["smoke"], main=sm.Budget(methods=("unknown/nope",))))
     with pytest.raises(SaekitError):
         sm.make_problem(4, 8, 5, 0, 8, 8, 8)  # K > N
     for scale in ds.SCALES.values():
@@ -370,6 +371,6 @@ def test_bad_configs_are_refused() -> None:
 
 def test_cache_folder_depends_on_the_budget(tmp_path: Path) -> None:
     cfg = ds.SCALES["smoke"]
-    a = ds.setting_root(cfg, tmp_path, "grid", cfg.grid)
-    b = ds.setting_root(cfg, tmp_path, "grid", replace(cfg.grid, steps=cfg.grid.steps + 1))
-    assert a != b and a == ds.setting_root(cfg, tmp_path, "grid", replace(cfg.grid))
+    a = pipeline.setting_root(cfg, tmp_path, "grid", cfg.grid)
+    b = pipeline.setting_root(cfg, tmp_path, "grid", replace(cfg.grid, steps=cfg.grid.steps + 1))
+    assert a != b and a == pipeline.setting_root(cfg, tmp_path, "grid", replace(cfg.grid))
